@@ -1,0 +1,39 @@
+//! lunchd's network layer: turns the sockets systemd hands over into two
+//! servers.
+//!
+//! - [`sockets`] interprets `LISTEN_FDS`/`LISTEN_FDNAMES` and adopts the
+//!   sockets named `http` and `https` (or binds fallback addresses);
+//! - [`redirect`] is the plain-HTTP server: permanent redirects to HTTPS for
+//!   allowed host names only, and ACME http-01 challenges from a webroot;
+//! - [`tls`] loads and checks the certificate and swaps it atomically on
+//!   reload;
+//! - [`Server`] runs either on a listener with bounded time, size and
+//!   connection count, and drains gracefully on shutdown.
+//!
+//! This crate never chooses a port, a path or a name: it is handed
+//! listeners, certificate files and a router.
+
+mod idle;
+pub mod redirect;
+mod server;
+pub mod sockets;
+pub mod tls;
+
+pub use server::{Limits, Probe, Server, Stats};
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+
+/// Adds `Strict-Transport-Security: max-age=<max_age>` to every response of
+/// `router`, unless the handler already set one.
+pub fn with_hsts(router: Router, max_age: u64) -> Router {
+    let value = HeaderValue::from_str(&format!("max-age={max_age}"))
+        .unwrap_or_else(|_| unreachable!("digits are a valid header value"));
+    router.layer(axum::middleware::map_response(move |mut response: axum::response::Response| {
+        let value = value.clone();
+        async move {
+            response.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert(value);
+            response
+        }
+    }))
+}

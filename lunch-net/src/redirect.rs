@@ -1,0 +1,297 @@
+//! The plain-HTTP server: every request is sent to HTTPS, except ACME
+//! http-01 challenges, which are answered from a webroot so that
+//! `certbot --webroot` renewals work while lunchd owns port 80.
+//!
+//! The redirect target's host is never copied from the request unchecked:
+//! it must be a name the configuration (or the serving certificate) allows,
+//! else the configured canonical host is used, else the answer is 400.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::tls::{CertificateStore, name_matches};
+
+/// The prefix certbot's `--webroot` mode writes challenge files under.
+pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Challenge files larger than this are not served: real ones are ~90 bytes.
+const MAX_CHALLENGE_BYTES: u64 = 64 * 1024;
+
+/// Which hosts a redirect may name.
+#[derive(Debug, Clone)]
+pub enum AllowedHosts {
+    /// The DNS names and IP addresses of the certificate being served, as it
+    /// is at the time of each request (so a reload takes effect).
+    Certificate(Arc<CertificateStore>),
+    /// An explicit list (lowercase; `*.example.com` wildcards allowed).
+    List(Vec<String>),
+}
+
+/// Where redirects go.
+#[derive(Debug, Clone)]
+pub struct RedirectPolicy {
+    /// Hosts the request may name.
+    pub allowed: AllowedHosts,
+    /// Used when the request names no allowed host; without it such
+    /// requests get 400.
+    pub canonical: Option<String>,
+    /// The port clients reach HTTPS on; 443 is left out of the URL.
+    pub https_port: u16,
+    /// Directory certbot writes challenges to (`certbot --webroot -w DIR`).
+    pub acme_webroot: Option<PathBuf>,
+}
+
+/// Why no redirect target could be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    /// The request names no allowed host, and no canonical host is set.
+    #[error("unknown host; this server redirects only for its own names")]
+    UnknownHost,
+    /// The request target is not a path (`*`, or empty).
+    #[error("the request target is not a path")]
+    BadTarget,
+}
+
+/// A redirect policy that can be replaced while serving (on reload).
+pub type SharedPolicy = Arc<ArcSwap<RedirectPolicy>>;
+
+/// The router of the plain-HTTP server.
+pub fn router(policy: SharedPolicy) -> Router {
+    Router::new().fallback(handle).with_state(policy)
+}
+
+async fn handle(State(policy): State<SharedPolicy>, request: Request) -> Response {
+    let policy = policy.load_full();
+    let path = request.uri().path();
+    if let (Some(webroot), Some(token)) = (&policy.acme_webroot, path.strip_prefix(ACME_PREFIX)) {
+        if matches!(*request.method(), Method::GET | Method::HEAD) {
+            return serve_challenge(webroot, token).await;
+        }
+    }
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+    let path_and_query = request.uri().path_and_query().map_or("", |pq| pq.as_str());
+    match redirect_target(&policy, host, path_and_query) {
+        Ok(location) => {
+            // 301 for GET and HEAD, which every client and crawler
+            // understands and caches; 308 otherwise so the method and body
+            // are kept.
+            let status = match *request.method() {
+                Method::GET | Method::HEAD => StatusCode::MOVED_PERMANENTLY,
+                _ => StatusCode::PERMANENT_REDIRECT,
+            };
+            let location = HeaderValue::from_str(&location)
+                .unwrap_or_else(|_| unreachable!("redirect targets are built from checked ASCII"));
+            (status, [(header::LOCATION, location)], "").into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{e}\n"))
+            .into_response(),
+    }
+}
+
+/// The `https://` URL a request for `host` and `path_and_query` is sent to.
+///
+/// `host` is the request's authority or Host header, possibly with a port;
+/// it is used only if allowed, and then only in its normalised form.
+pub fn redirect_target(
+    policy: &RedirectPolicy,
+    host: Option<&str>,
+    path_and_query: &str,
+) -> Result<String, RedirectError> {
+    if !path_and_query.starts_with('/') || !path_and_query.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RedirectError::BadTarget);
+    }
+    let host = host
+        .and_then(normalise_host)
+        .filter(|h| policy.allows(h))
+        .or_else(|| policy.canonical.clone())
+        .ok_or(RedirectError::UnknownHost)?;
+    let host = match host.parse::<Ipv6Addr>() {
+        Ok(_) => format!("[{host}]"),
+        Err(_) => host,
+    };
+    Ok(match policy.https_port {
+        443 => format!("https://{host}{path_and_query}"),
+        port => format!("https://{host}:{port}{path_and_query}"),
+    })
+}
+
+impl RedirectPolicy {
+    fn allows(&self, host: &str) -> bool {
+        match &self.allowed {
+            AllowedHosts::Certificate(store) => store.covers(host),
+            AllowedHosts::List(names) => names.iter().any(|name| name_matches(name, host)),
+        }
+    }
+}
+
+/// The host part of a Host header value, lowercase, without port or
+/// trailing dot, with IPv6 brackets removed; `None` unless it is a
+/// syntactically valid DNS name or IP address.
+pub fn normalise_host(value: &str) -> Option<String> {
+    if value.len() > 260 {
+        return None;
+    }
+    let host = if let Some(rest) = value.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        return inside.parse::<Ipv6Addr>().ok().map(|ip| ip.to_string());
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) if valid_port(port) => host,
+            Some(_) => return None,
+            None => value,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip.to_string());
+    }
+    let labels_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    labels_ok.then_some(host)
+}
+
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+}
+
+/// Whether `token` can be an ACME http-01 token: base64url characters only
+/// (RFC 8555 §8.3), so it can never name another directory.
+pub fn valid_acme_token(token: &str) -> bool {
+    (1..=255).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn serve_challenge(webroot: &Path, token: &str) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such challenge\n").into_response();
+    if !valid_acme_token(token) {
+        return not_found();
+    }
+    let path = webroot.join(".well-known/acme-challenge").join(token);
+    match read_challenge(webroot, &path).await {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream"), (header::CACHE_CONTROL, "no-store")],
+            Body::from(body),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), "ACME challenge not served: {e}");
+            not_found()
+        }
+    }
+}
+
+/// Reads a challenge file that is a regular file (not a symlink) whose real
+/// path lies inside the webroot.
+async fn read_challenge(webroot: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind};
+    let meta = tokio::fs::symlink_metadata(path).await?;
+    if !meta.file_type().is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_CHALLENGE_BYTES {
+        return Err(Error::new(ErrorKind::InvalidInput, "too large for a challenge"));
+    }
+    let real = tokio::fs::canonicalize(path).await?;
+    let root = tokio::fs::canonicalize(webroot).await?;
+    if !real.starts_with(&root) {
+        return Err(Error::new(ErrorKind::PermissionDenied, "outside the webroot"));
+    }
+    tokio::fs::read(&real).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(names: &[&str], canonical: Option<&str>, port: u16) -> RedirectPolicy {
+        RedirectPolicy {
+            allowed: AllowedHosts::List(names.iter().map(|n| (*n).to_owned()).collect()),
+            canonical: canonical.map(str::to_owned),
+            https_port: port,
+            acme_webroot: None,
+        }
+    }
+
+    fn check(policy: &RedirectPolicy, host: Option<&str>, target: &str, expected: Result<&str, RedirectError>) {
+        let got = redirect_target(policy, host, target);
+        assert_eq!(got.as_deref().map_err(Clone::clone), expected, "host {host:?}");
+    }
+
+    #[test]
+    fn allowed_hosts_are_kept() {
+        let p = policy(&["lunch.example.com", "*.example.org", "127.0.0.1", "::1"], None, 443);
+        check(&p, Some("lunch.example.com"), "/x?y=1", Ok("https://lunch.example.com/x?y=1"));
+        check(&p, Some("LUNCH.example.com.:80"), "/", Ok("https://lunch.example.com/"));
+        check(&p, Some("a.example.org"), "/", Ok("https://a.example.org/"));
+        check(&p, Some("127.0.0.1:8080"), "/", Ok("https://127.0.0.1/"));
+        check(&p, Some("[::1]:8080"), "/", Ok("https://[::1]/"));
+        let p = policy(&["localhost"], None, 8443);
+        check(&p, Some("localhost:8080"), "/a/b?c=d&e", Ok("https://localhost:8443/a/b?c=d&e"));
+    }
+
+    #[test]
+    fn unknown_and_hostile_hosts_fall_back() {
+        let strict = policy(&["lunch.example.com"], None, 443);
+        let canonical = policy(&["lunch.example.com"], Some("lunch.example.com"), 443);
+        for host in [
+            None,
+            Some(""),
+            Some("evil.com"),
+            Some("lunch.example.com.evil.com"),
+            Some("lunch.example.com@evil.com"),
+            Some("user:pass@lunch.example.com"),
+            Some("lunch.example.com\r\nSet-Cookie: x=1"),
+            Some("lunch.example.com/evil"),
+            Some("lunch.example.com:99999"),
+            Some("lunch.example.com:80:80"),
+            Some("lünch.example.com"),
+            Some("[::1"),
+            Some("[::1]x"),
+        ] {
+            check(&strict, host, "/", Err(RedirectError::UnknownHost));
+            check(&canonical, host, "/p", Ok("https://lunch.example.com/p"));
+        }
+        let long = "a".repeat(10_000);
+        check(&canonical, Some(&long), "/", Ok("https://lunch.example.com/"));
+    }
+
+    #[test]
+    fn targets_must_be_paths() {
+        let p = policy(&["h"], Some("h"), 443);
+        check(&p, Some("h"), "*", Err(RedirectError::BadTarget));
+        check(&p, Some("h"), "", Err(RedirectError::BadTarget));
+        check(&p, Some("h"), "http://evil.com/", Err(RedirectError::BadTarget));
+        check(&p, Some("h"), "/a b", Err(RedirectError::BadTarget));
+        check(&p, Some("h"), "//evil.com/", Ok("https://h//evil.com/"));
+    }
+
+    #[test]
+    fn acme_tokens() {
+        assert!(valid_acme_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        for bad in ["", "..", "a/b", "%2e%2e", "a.b", "a\0b", &"a".repeat(256)] {
+            assert!(!valid_acme_token(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The serving certificate: loaded from PEM, checked, and swapped atomically
+//! on reload.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+
+/// Certificate and key files larger than this are refused: a real chain is a
+/// few KiB, and a mistaken path should not be read into memory whole.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Where the key and the certificate chain are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The leaf certificate followed by its intermediates, PEM
+    /// (`fullchain.pem` in Let's Encrypt terms).
+    pub chain: PathBuf,
+}
+
+/// A certificate or key that cannot be served, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is larger than any certificate or key.
+    #[error("{} is {size} bytes; a key or certificate chain is at most {MAX_PEM_BYTES} bytes, is this the right file?", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The file is empty.
+    #[error("{} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Binary DER instead of PEM.
+    #[error(
+        "{} looks like binary DER, not PEM; convert it with `openssl {kind} -inform der -in FILE -out FILE.pem`",
+        path.display()
+    )]
+    Der {
+        /// The file.
+        path: PathBuf,
+        /// `x509` or `pkey`, for the hint.
+        kind: &'static str,
+    },
+    /// No PEM block of the wanted kind.
+    #[error("{} has no {what} PEM block (-----BEGIN {label}-----)", path.display())]
+    NoPem {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for.
+        what: &'static str,
+        /// The PEM label expected.
+        label: &'static str,
+    },
+    /// A key protected by a passphrase.
+    #[error(
+        "{} is an encrypted private key; lunchd needs it unencrypted (systemd's LoadCredential= and file \
+         permissions protect it); decrypt it with `openssl pkey -in FILE -out FILE.plain`",
+        path.display()
+    )]
+    Encrypted {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A PEM block that does not decode.
+    #[error("{} is not valid PEM: {message}", path.display())]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key of a type or curve rustls cannot sign with.
+    #[error("{} holds a key lunchd cannot use: {message}", path.display())]
+    UnsupportedKey {
+        /// The file.
+        path: PathBuf,
+        /// rustls' message.
+        message: String,
+    },
+    /// A leaf certificate that does not parse as X.509.
+    #[error("{}: the first certificate is not valid X.509: {message}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The key does not belong to the leaf certificate.
+    #[error(
+        "the private key in {} does not match the certificate in {}; were the files of two different \
+         certificates combined?",
+        key.display(),
+        chain.display()
+    )]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The chain file.
+        chain: PathBuf,
+    },
+    /// The leaf certificate has expired.
+    #[error("the certificate in {} expired on {not_after}; renew it", path.display())]
+    Expired {
+        /// The chain file.
+        path: PathBuf,
+        /// When it expired (UTC).
+        not_after: String,
+    },
+    /// The leaf certificate is not valid yet.
+    #[error("the certificate in {} is not valid before {not_before}; is the clock right?", path.display())]
+    NotYetValid {
+        /// The chain file.
+        path: PathBuf,
+        /// When it becomes valid (UTC).
+        not_before: String,
+    },
+}
+
+/// What a person wants to know about the serving certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The subject, e.g. `CN=lunch.example.com`.
+    pub subject: String,
+    /// The DNS names and IP addresses it covers, lowercase.
+    pub names: Vec<String>,
+    /// The serial number, hex.
+    pub serial: String,
+    /// Start of validity, seconds since the epoch.
+    pub not_before: i64,
+    /// End of validity, seconds since the epoch.
+    pub not_after: i64,
+    /// Where it was loaded from.
+    pub source: String,
+}
+
+impl fmt::Display for CertificateInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (serial {}, for {}, expires {})",
+            self.subject,
+            self.serial,
+            self.names.join(" "),
+            format_utc(self.not_after)
+        )
+    }
+}
+
+/// A key and chain ready to serve.
+#[derive(Debug, Clone)]
+pub struct LoadedCertificate {
+    key: Arc<CertifiedKey>,
+    info: CertificateInfo,
+}
+
+impl LoadedCertificate {
+    /// Reads and checks `files` at time `now`.
+    pub fn load(files: &CertificateFiles, now: SystemTime) -> Result<LoadedCertificate, CertificateError> {
+        let key = read_limited(&files.key)?;
+        let chain = read_limited(&files.chain)?;
+        LoadedCertificate::from_pem(&key, &files.key, &chain, &files.chain, now)
+    }
+
+    /// Checks PEM data already in memory. The paths only name the data in
+    /// errors.
+    pub fn from_pem(
+        key_pem: &[u8],
+        key_path: &Path,
+        chain_pem: &[u8],
+        chain_path: &Path,
+        now: SystemTime,
+    ) -> Result<LoadedCertificate, CertificateError> {
+        let chain = parse_chain(chain_pem, chain_path)?;
+        let key = parse_key(key_pem, key_path)?;
+        let provider = provider();
+        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+            CertificateError::UnsupportedKey { path: key_path.to_owned(), message: e.to_string() }
+        })?;
+        let certified = CertifiedKey::new(chain, signing_key);
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(CertificateError::KeyMismatch { key: key_path.to_owned(), chain: chain_path.to_owned() });
+            }
+            // The provider cannot derive this key's public half; nothing to compare.
+            Err(_) => {}
+        }
+        let mut info = describe(&certified.cert[0], chain_path)?;
+        info.source = chain_path.display().to_string();
+        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        if now > info.not_after {
+            return Err(CertificateError::Expired {
+                path: chain_path.to_owned(),
+                not_after: format_utc(info.not_after),
+            });
+        }
+        if now < info.not_before {
+            return Err(CertificateError::NotYetValid {
+                path: chain_path.to_owned(),
+                not_before: format_utc(info.not_before),
+            });
+        }
+        Ok(LoadedCertificate { key: Arc::new(certified), info })
+    }
+
+    /// What is being served.
+    pub fn info(&self) -> &CertificateInfo {
+        &self.info
+    }
+}
+
+/// The certificate being served, replaceable while serving.
+///
+/// Handshakes read the current certificate once, at the start; a swap
+/// affects only handshakes that start after it. Connections already
+/// established keep going untouched.
+#[derive(Debug)]
+pub struct CertificateStore {
+    current: ArcSwap<LoadedCertificate>,
+}
+
+impl CertificateStore {
+    /// A store serving `initial`.
+    pub fn new(initial: LoadedCertificate) -> Arc<CertificateStore> {
+        Arc::new(CertificateStore { current: ArcSwap::from_pointee(initial) })
+    }
+
+    /// Serves `next` from the next handshake on.
+    pub fn replace(&self, next: LoadedCertificate) {
+        self.current.store(Arc::new(next));
+    }
+
+    /// Loads `files` and, only if they are fully valid, serves them from the
+    /// next handshake on. On error the current certificate stays.
+    pub fn reload(&self, files: &CertificateFiles) -> Result<CertificateInfo, CertificateError> {
+        let next = LoadedCertificate::load(files, SystemTime::now())?;
+        let info = next.info.clone();
+        self.replace(next);
+        Ok(info)
+    }
+
+    /// The current certificate's details.
+    pub fn info(&self) -> CertificateInfo {
+        self.current.load().info.clone()
+    }
+
+    /// Whether `host` (lowercase, no port, IPv6 without brackets) is covered by
+    /// the current certificate, wildcards included.
+    pub fn covers(&self, host: &str) -> bool {
+        self.current.load().info.names.iter().any(|name| name_matches(name, host))
+    }
+}
+
+impl ResolvesServerCert for CertificateStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.load().key))
+    }
+}
+
+/// The rustls configuration of the TLS server: TLS 1.3 and 1.2, ALPN `h2`
+/// and `http/1.1`, session resumption by tickets and by a session cache, the
+/// certificate from `store`.
+pub fn server_config(store: Arc<CertificateStore>) -> Arc<ServerConfig> {
+    let provider = Arc::new(provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .unwrap_or_else(|_| unreachable!("the aws-lc-rs provider supports TLS 1.2 and 1.3"))
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        Err(e) => tracing::warn!("TLS session tickets disabled: {e}"),
+    }
+    config.ignore_client_order = true;
+    Arc::new(config)
+}
+
+fn provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, CertificateError> {
+    use std::io::Read;
+    let read_err = |source| CertificateError::Read { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > MAX_PEM_BYTES {
+        return Err(CertificateError::TooLarge { path: path.to_owned(), size });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut data).map_err(read_err)?;
+    if data.len() as u64 > MAX_PEM_BYTES {
+        return Err(CertificateError::TooLarge { path: path.to_owned(), size: data.len() as u64 });
+    }
+    Ok(data)
+}
+
+fn precheck(data: &[u8], path: &Path, kind: &'static str) -> Result<(), CertificateError> {
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return Err(CertificateError::Empty { path: path.to_owned() });
+    }
+    // DER starts with an ASN.1 SEQUENCE tag and holds no PEM armour.
+    if data[0] == 0x30 && !contains(data, b"-----BEGIN") {
+        return Err(CertificateError::Der { path: path.to_owned(), kind });
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn bad_pem(path: &Path, e: pem::Error) -> CertificateError {
+    CertificateError::BadPem { path: path.to_owned(), message: e.to_string() }
+}
+
+fn parse_chain(data: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
+    precheck(data, path, "x509")?;
+    let chain = CertificateDer::pem_slice_iter(data).collect::<Result<Vec<_>, _>>().map_err(|e| bad_pem(path, e))?;
+    if chain.is_empty() {
+        return Err(CertificateError::NoPem { path: path.to_owned(), what: "certificate", label: "CERTIFICATE" });
+    }
+    Ok(chain)
+}
+
+fn parse_key(data: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, CertificateError> {
+    precheck(data, path, "pkey")?;
+    if contains(data, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(data, b"Proc-Type: 4,ENCRYPTED") {
+        return Err(CertificateError::Encrypted { path: path.to_owned() });
+    }
+    PrivateKeyDer::from_pem_slice(data).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            CertificateError::NoPem { path: path.to_owned(), what: "private key", label: "PRIVATE KEY" }
+        }
+        e => bad_pem(path, e),
+    })
+}
+
+fn describe(leaf: &CertificateDer<'_>, path: &Path) -> Result<CertificateInfo, CertificateError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let bad = |message: String| CertificateError::BadCertificate { path: path.to_owned(), message };
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push(dns.trim_end_matches('.').to_ascii_lowercase()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertificateInfo {
+        subject: cert.subject().to_string(),
+        names,
+        serial: cert.raw_serial_as_string().replace(':', ""),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        source: String::new(),
+    })
+}
+
+/// Whether certificate name `pattern` covers `host`: exact, or a
+/// `*.example.com` wildcard covering exactly one more label.
+pub(crate) fn name_matches(pattern: &str, host: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        match host.split_once('.') {
+            Some((label, rest)) => !label.is_empty() && rest == suffix,
+            None => false,
+        }
+    } else {
+        pattern == host
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch.
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days, as in lunch-core's Date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(name_matches("*.example.com", "lunch.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", ".example.com"));
+        assert!(name_matches("example.com", "example.com"));
+        assert!(!name_matches("example.com", "example.co"));
+    }
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(1_795_824_000 + 3661), "2026-11-28 01:01:01 UTC");
+    }
+}
