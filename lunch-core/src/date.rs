@@ -29,7 +29,11 @@ impl Date {
         if !(0..=9999).contains(&year) {
             return Err(err);
         }
-        Ok(Date { year, month: month as u8, day: day as u8 })
+        Ok(Date {
+            year,
+            month: month as u8,
+            day: day as u8,
+        })
     }
 
     /// The date `days` days after 1970-01-01 (negative: before).

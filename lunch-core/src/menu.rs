@@ -139,9 +139,7 @@ impl MenuError {
     pub fn field(&self) -> Option<&'static str> {
         match self {
             MenuError::Empty | MenuError::TooMany { .. } => None,
-            MenuError::EmptyName { .. }
-            | MenuError::BadName { .. }
-            | MenuError::DuplicateName { .. } => Some("name"),
+            MenuError::EmptyName { .. } | MenuError::BadName { .. } | MenuError::DuplicateName { .. } => Some("name"),
             MenuError::BadWeight { .. } => Some("weight"),
             MenuError::BadTag { .. } => Some("tags"),
         }
@@ -166,11 +164,19 @@ impl Menu {
             } else if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
                 errors.push(MenuError::BadName { index });
             } else if let Some(first) = dishes.iter().position(|d| d.name.to_lowercase() == name.to_lowercase()) {
-                errors.push(MenuError::DuplicateName { index, first, name: name.clone() });
+                errors.push(MenuError::DuplicateName {
+                    index,
+                    first,
+                    name: name.clone(),
+                });
             }
             let weight = spec.weight.unwrap_or(1.0);
             if !(weight.is_finite() && weight > 0.0) {
-                errors.push(MenuError::BadWeight { index, name: name.clone(), weight });
+                errors.push(MenuError::BadWeight {
+                    index,
+                    name: name.clone(),
+                    weight,
+                });
             }
             let mut tags: Vec<String> = Vec::with_capacity(spec.tags.len());
             for tag in spec.tags {
@@ -187,7 +193,11 @@ impl Menu {
             // true to the input positions.
             dishes.push(Dish { name, weight, tags });
         }
-        if errors.is_empty() { Ok(Menu { dishes }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Menu { dishes })
+        } else {
+            Err(errors)
+        }
     }
 
     /// The seed's five dishes, used when no menu is configured.
@@ -239,7 +249,11 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, weight: Option<f64>, tags: &[&str]) -> DishSpec {
-        DishSpec { name: name.into(), weight, tags: tags.iter().map(|t| (*t).into()).collect() }
+        DishSpec {
+            name: name.into(),
+            weight,
+            tags: tags.iter().map(|t| (*t).into()).collect(),
+        }
     }
 
     fn check(specs: Vec<DishSpec>, expected: &[&str]) {

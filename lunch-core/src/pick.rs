@@ -74,7 +74,12 @@ impl Picker {
     /// A picker over `menu`. `salt` distinguishes teams: two pickers with
     /// the same menu and salt agree on every daily pick.
     pub fn new(menu: Menu, mode: Mode, salt: &str) -> Picker {
-        Picker { menu, mode, salt: salt.to_owned(), last: AtomicUsize::new(NONE) }
+        Picker {
+            menu,
+            mode,
+            salt: salt.to_owned(),
+            last: AtomicUsize::new(NONE),
+        }
     }
 
     /// The menu picked from.
@@ -130,7 +135,9 @@ impl Picker {
             Some(tag) => (0..dishes.len()).filter(|&i| dishes[i].has_tag(tag)).collect(),
         };
         if candidates.is_empty() {
-            return Err(PickError::NoMatch { tag: tag.unwrap_or_default().to_owned() });
+            return Err(PickError::NoMatch {
+                tag: tag.unwrap_or_default().to_owned(),
+            });
         }
         Ok(candidates)
     }
@@ -196,7 +203,11 @@ mod tests {
 
     #[test]
     fn weighted_picks_follow_weights() {
-        let picker = Picker::new(menu(&[("a", 1.0, &[]), ("b", 2.0, &[]), ("c", 3.0, &[]), ("d", 4.0, &[])]), Mode::Weighted, "");
+        let picker = Picker::new(
+            menu(&[("a", 1.0, &[]), ("b", 2.0, &[]), ("c", 3.0, &[]), ("d", 4.0, &[])]),
+            Mode::Weighted,
+            "",
+        );
         let observed = counts(&picker, None, 100_000, 42);
         let chi2 = chi_squared(&observed, &[1.0, 2.0, 3.0, 4.0]);
         assert!(chi2 < CHI2_3DF_P001, "chi2 = {chi2}, counts = {observed:?}");
@@ -206,7 +217,11 @@ mod tests {
 
     #[test]
     fn uniform_picks_ignore_weights() {
-        let picker = Picker::new(menu(&[("a", 1.0, &[]), ("b", 2.0, &[]), ("c", 3.0, &[]), ("d", 40.0, &[])]), Mode::Uniform, "");
+        let picker = Picker::new(
+            menu(&[("a", 1.0, &[]), ("b", 2.0, &[]), ("c", 3.0, &[]), ("d", 40.0, &[])]),
+            Mode::Uniform,
+            "",
+        );
         let observed = counts(&picker, None, 100_000, 7);
         let chi2 = chi_squared(&observed, &[1.0; 4]);
         assert!(chi2 < CHI2_3DF_P001, "chi2 = {chi2}, counts = {observed:?}");
@@ -259,7 +274,11 @@ mod tests {
         }
         // Pinned so that an upgrade does not change a team's lunch.
         let week: Vec<&str> = (0..7)
-            .map(|d| a.daily(Date::from_days_since_epoch(date.days_since_epoch() + d), None).unwrap().name())
+            .map(|d| {
+                a.daily(Date::from_days_since_epoch(date.days_since_epoch() + d), None)
+                    .unwrap()
+                    .name()
+            })
             .collect();
         assert_eq!(week, PINNED_WEEK);
     }
@@ -290,7 +309,9 @@ mod tests {
         let picker = Picker::new(Menu::builtin(), Mode::Weighted, "");
         let start = Date::from_ymd(2026, 1, 1).unwrap().days_since_epoch();
         for d in 0..100 {
-            let dish = picker.daily(Date::from_days_since_epoch(start + d), Some("fish")).unwrap();
+            let dish = picker
+                .daily(Date::from_days_since_epoch(start + d), Some("fish"))
+                .unwrap();
             assert_eq!(dish.name(), "Sushi");
         }
     }

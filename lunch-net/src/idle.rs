@@ -5,9 +5,9 @@
 //! connection that sits silent, an HTTP/2 connection with nothing to do, or
 //! a client that stops reading its response. This bounds all of them.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::future::Future;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,7 +28,12 @@ pub(crate) struct IdleTimeout<T> {
 impl<T> IdleTimeout<T> {
     pub(crate) fn new(inner: T, timeout: Duration) -> IdleTimeout<T> {
         let now = Instant::now();
-        IdleTimeout { inner, timer: Box::pin(sleep_until(now + timeout)), timeout, last_progress: now }
+        IdleTimeout {
+            inner,
+            timer: Box::pin(sleep_until(now + timeout)),
+            timeout,
+            last_progress: now,
+        }
     }
 
     /// Called when the inner I/O is pending: fails if the deadline passed.

@@ -29,11 +29,16 @@ use axum::http::{HeaderValue, header};
 pub fn with_hsts(router: Router, max_age: u64) -> Router {
     let value = HeaderValue::from_str(&format!("max-age={max_age}"))
         .unwrap_or_else(|_| unreachable!("digits are a valid header value"));
-    router.layer(axum::middleware::map_response(move |mut response: axum::response::Response| {
-        let value = value.clone();
-        async move {
-            response.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert(value);
-            response
-        }
-    }))
+    router.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let value = value.clone();
+            async move {
+                response
+                    .headers_mut()
+                    .entry(header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(value);
+                response
+            }
+        },
+    ))
 }

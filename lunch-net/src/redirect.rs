@@ -95,7 +95,11 @@ async fn handle(State(policy): State<SharedPolicy>, request: Request) -> Respons
                 .unwrap_or_else(|_| unreachable!("redirect targets are built from checked ASCII"));
             (status, [(header::LOCATION, location)], "").into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{e}\n"))
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{e}\n"),
+        )
             .into_response(),
     }
 }
@@ -179,7 +183,10 @@ fn valid_port(port: &str) -> bool {
 /// Whether `token` can be an ACME http-01 token: base64url characters only
 /// (RFC 8555 §8.3), so it can never name another directory.
 pub fn valid_acme_token(token: &str) -> bool {
-    (1..=255).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=255).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 async fn serve_challenge(webroot: &Path, token: &str) -> Response {
@@ -191,7 +198,10 @@ async fn serve_challenge(webroot: &Path, token: &str) -> Response {
     match read_challenge(webroot, &path).await {
         Ok(body) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/octet-stream"), (header::CACHE_CONTROL, "no-store")],
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
             Body::from(body),
         )
             .into_response(),
@@ -242,13 +252,23 @@ mod tests {
     #[test]
     fn allowed_hosts_are_kept() {
         let p = policy(&["lunch.example.com", "*.example.org", "127.0.0.1", "::1"], None, 443);
-        check(&p, Some("lunch.example.com"), "/x?y=1", Ok("https://lunch.example.com/x?y=1"));
+        check(
+            &p,
+            Some("lunch.example.com"),
+            "/x?y=1",
+            Ok("https://lunch.example.com/x?y=1"),
+        );
         check(&p, Some("LUNCH.example.com.:80"), "/", Ok("https://lunch.example.com/"));
         check(&p, Some("a.example.org"), "/", Ok("https://a.example.org/"));
         check(&p, Some("127.0.0.1:8080"), "/", Ok("https://127.0.0.1/"));
         check(&p, Some("[::1]:8080"), "/", Ok("https://[::1]/"));
         let p = policy(&["localhost"], None, 8443);
-        check(&p, Some("localhost:8080"), "/a/b?c=d&e", Ok("https://localhost:8443/a/b?c=d&e"));
+        check(
+            &p,
+            Some("localhost:8080"),
+            "/a/b?c=d&e",
+            Ok("https://localhost:8443/a/b?c=d&e"),
+        );
     }
 
     #[test]

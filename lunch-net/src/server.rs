@@ -146,7 +146,16 @@ impl Server {
     ) -> io::Result<Server> {
         let listener = TcpListener::from_std(listener)?;
         let (probe_tx, probe_rx) = mpsc::channel(4);
-        Ok(Server { name, listener, router, limits, tls, stats: Arc::default(), probe_tx, probe_rx })
+        Ok(Server {
+            name,
+            listener,
+            router,
+            limits,
+            tls,
+            stats: Arc::default(),
+            probe_tx,
+            probe_rx,
+        })
     }
 
     /// The address the server listens on.
@@ -167,7 +176,16 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting and gives open
     /// connections [`Limits::drain_timeout`] to finish their requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { name, listener, router, limits, tls, stats, probe_tx, mut probe_rx } = self;
+        let Server {
+            name,
+            listener,
+            router,
+            limits,
+            tls,
+            stats,
+            probe_tx,
+            mut probe_rx,
+        } = self;
         drop(probe_tx);
         let conn = Arc::new(Connection::new(router, &limits, tls));
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -202,7 +220,11 @@ impl Server {
                 else => break,
             }
             if permit.is_none() && slots.available_permits() == 0 && !full_since_warned {
-                tracing::warn!(server = name, limit = limits.max_connections, "connection limit reached; new clients wait");
+                tracing::warn!(
+                    server = name,
+                    limit = limits.max_connections,
+                    "connection limit reached; new clients wait"
+                );
                 full_since_warned = true;
             }
         }
@@ -226,7 +248,10 @@ impl Server {
 /// (EMFILE, ENFILE, ENOBUFS, ENOMEM) waits a moment instead of spinning.
 async fn accept_error(name: &'static str, e: &io::Error) {
     use io::ErrorKind::*;
-    if matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock) {
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    ) {
         return;
     }
     tracing::error!(server = name, "accept failed: {e}; retrying in 100 ms");
@@ -324,7 +349,7 @@ impl ConnectionTask {
 }
 
 enum Handshake {
-    Tls(tokio_rustls::server::TlsStream<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Plaintext,
     Closed,
 }
@@ -341,7 +366,7 @@ async fn handshake(acceptor: &TlsAcceptor, mut stream: TcpStream) -> io::Result<
         refuse_plaintext(&mut stream).await;
         return Ok(Handshake::Plaintext);
     }
-    Ok(Handshake::Tls(acceptor.accept(stream).await?))
+    Ok(Handshake::Tls(Box::new(acceptor.accept(stream).await?)))
 }
 
 async fn refuse_plaintext(stream: &mut TcpStream) {

@@ -150,7 +150,10 @@ pub fn parse_listen_env(env: ListenEnv<'_>, our_pid: u32) -> Result<Option<Vec<S
     };
     if let Some(pid) = env.pid.filter(|p| !p.is_empty()) {
         if pid.parse::<u32>().ok() != Some(our_pid) {
-            return Err(SocketError::ForeignPid { listen_pid: pid.to_owned(), ours: our_pid });
+            return Err(SocketError::ForeignPid {
+                listen_pid: pid.to_owned(),
+                ours: our_pid,
+            });
         }
     }
     let count: usize = match fds.parse() {
@@ -165,7 +168,10 @@ pub fn parse_listen_env(env: ListenEnv<'_>, our_pid: u32) -> Result<Option<Vec<S
     };
     let names: Vec<String> = names.split(':').map(str::to_owned).collect();
     if names.len() != count {
-        return Err(SocketError::NameCount { names: names.len(), fds: count });
+        return Err(SocketError::NameCount {
+            names: names.len(),
+            fds: count,
+        });
     }
     if names.iter().all(|n| n == "unknown") {
         return Err(SocketError::Unnamed { fds: count });
@@ -183,7 +189,12 @@ pub fn map_names(names: &[String], expect: Expect) -> Result<(Option<usize>, usi
         let slot = match name.as_str() {
             HTTP => &mut http,
             HTTPS => &mut https,
-            _ => return Err(SocketError::UnknownName { index, name: name.clone() }),
+            _ => {
+                return Err(SocketError::UnknownName {
+                    index,
+                    name: name.clone(),
+                });
+            }
         };
         if slot.replace(index).is_some() {
             return Err(SocketError::DuplicateName { name: name.clone() });
@@ -226,7 +237,9 @@ pub fn adopt(fds: &mut listenfd::ListenFd, names: &[String], expect: Expect) -> 
             Ok(false) => return Err(SocketError::NotListening { name, fd }),
             Err(source) => return Err(SocketError::NotTcp { name, fd, source }),
         }
-        listener.set_nonblocking(true).map_err(|source| SocketError::NotTcp { name, fd, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| SocketError::NotTcp { name, fd, source })?;
         Ok(listener)
     };
     let http = http.map(|index| take(fds, index)).transpose()?;
@@ -271,30 +284,48 @@ mod tests {
     fn listen_env() {
         check(env(None, None, None), Ok(None));
         check(env(Some("42"), Some("0"), None), Ok(None));
-        check(env(Some("42"), Some("2"), Some("http:https")), Ok(Some(&["http", "https"])));
-        check(env(Some("42"), Some("2"), Some("https:http")), Ok(Some(&["https", "http"])));
+        check(
+            env(Some("42"), Some("2"), Some("http:https")),
+            Ok(Some(&["http", "https"])),
+        );
+        check(
+            env(Some("42"), Some("2"), Some("https:http")),
+            Ok(Some(&["https", "http"])),
+        );
         // No LISTEN_PID: accepted, as sd_listen_fds does for wrappers that cannot know it.
         check(env(None, Some("1"), Some("https")), Ok(Some(&["https"])));
         check(
             env(Some("41"), Some("2"), Some("http:https")),
-            Err("LISTEN_PID is 41 but this process is 42: the sockets were passed to another process; \
-                 start lunchd directly from the service's ExecStart= (not through a shell or wrapper that forks)"),
+            Err(
+                "LISTEN_PID is 41 but this process is 42: the sockets were passed to another process; \
+                 start lunchd directly from the service's ExecStart= (not through a shell or wrapper that forks)",
+            ),
         );
-        check(env(Some("42"), Some("two"), None), Err("LISTEN_FDS is `two`, which is not a number of descriptors"));
-        check(env(Some("42"), Some("-1"), None), Err("LISTEN_FDS is `-1`, which is not a number of descriptors"));
+        check(
+            env(Some("42"), Some("two"), None),
+            Err("LISTEN_FDS is `two`, which is not a number of descriptors"),
+        );
+        check(
+            env(Some("42"), Some("-1"), None),
+            Err("LISTEN_FDS is `-1`, which is not a number of descriptors"),
+        );
         check(
             env(Some("42"), Some("2"), Some("http")),
             Err("LISTEN_FDNAMES has 1 names for 2 descriptors; it must have one name per socket"),
         );
         check(
             env(Some("42"), Some("2"), None),
-            Err("2 sockets were passed without names; name them with FileDescriptorName=http and \
-                 FileDescriptorName=https in the socket units (or --fdname= for systemd-socket-activate)"),
+            Err(
+                "2 sockets were passed without names; name them with FileDescriptorName=http and \
+                 FileDescriptorName=https in the socket units (or --fdname= for systemd-socket-activate)",
+            ),
         );
         check(
             env(Some("42"), Some("2"), Some("unknown:unknown")),
-            Err("2 sockets were passed without names; name them with FileDescriptorName=http and \
-                 FileDescriptorName=https in the socket units (or --fdname= for systemd-socket-activate)"),
+            Err(
+                "2 sockets were passed without names; name them with FileDescriptorName=http and \
+                 FileDescriptorName=https in the socket units (or --fdname= for systemd-socket-activate)",
+            ),
         );
     }
 
@@ -304,10 +335,19 @@ mod tests {
 
     #[test]
     fn names_map_by_name_not_position() {
-        assert_eq!(map_names(&names(&["http", "https"]), Expect::Both).unwrap(), (Some(0), 1));
-        assert_eq!(map_names(&names(&["https", "http"]), Expect::Both).unwrap(), (Some(1), 0));
+        assert_eq!(
+            map_names(&names(&["http", "https"]), Expect::Both).unwrap(),
+            (Some(0), 1)
+        );
+        assert_eq!(
+            map_names(&names(&["https", "http"]), Expect::Both).unwrap(),
+            (Some(1), 0)
+        );
         assert_eq!(map_names(&names(&["https"]), Expect::HttpsOnly).unwrap(), (None, 0));
-        assert_eq!(map_names(&names(&["http", "https"]), Expect::HttpsOnly).unwrap(), (Some(0), 1));
+        assert_eq!(
+            map_names(&names(&["http", "https"]), Expect::HttpsOnly).unwrap(),
+            (Some(0), 1)
+        );
     }
 
     #[test]

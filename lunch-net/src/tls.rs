@@ -197,14 +197,22 @@ impl LoadedCertificate {
         let chain = parse_chain(chain_pem, chain_path)?;
         let key = parse_key(key_pem, key_path)?;
         let provider = provider();
-        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-            CertificateError::UnsupportedKey { path: key_path.to_owned(), message: e.to_string() }
-        })?;
+        let signing_key =
+            provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| CertificateError::UnsupportedKey {
+                    path: key_path.to_owned(),
+                    message: e.to_string(),
+                })?;
         let certified = CertifiedKey::new(chain, signing_key);
         match certified.keys_match() {
             Ok(()) => {}
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-                return Err(CertificateError::KeyMismatch { key: key_path.to_owned(), chain: chain_path.to_owned() });
+                return Err(CertificateError::KeyMismatch {
+                    key: key_path.to_owned(),
+                    chain: chain_path.to_owned(),
+                });
             }
             // The provider cannot derive this key's public half; nothing to compare.
             Err(_) => {}
@@ -224,7 +232,10 @@ impl LoadedCertificate {
                 not_before: format_utc(info.not_before),
             });
         }
-        Ok(LoadedCertificate { key: Arc::new(certified), info })
+        Ok(LoadedCertificate {
+            key: Arc::new(certified),
+            info,
+        })
     }
 
     /// What is being served.
@@ -246,7 +257,9 @@ pub struct CertificateStore {
 impl CertificateStore {
     /// A store serving `initial`.
     pub fn new(initial: LoadedCertificate) -> Arc<CertificateStore> {
-        Arc::new(CertificateStore { current: ArcSwap::from_pointee(initial) })
+        Arc::new(CertificateStore {
+            current: ArcSwap::from_pointee(initial),
+        })
     }
 
     /// Serves `next` from the next handshake on.
@@ -271,7 +284,12 @@ impl CertificateStore {
     /// Whether `host` (lowercase, no port, IPv6 without brackets) is covered by
     /// the current certificate, wildcards included.
     pub fn covers(&self, host: &str) -> bool {
-        self.current.load().info.names.iter().any(|name| name_matches(name, host))
+        self.current
+            .load()
+            .info
+            .names
+            .iter()
+            .any(|name| name_matches(name, host))
     }
 }
 
@@ -307,16 +325,25 @@ fn provider() -> CryptoProvider {
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, CertificateError> {
     use std::io::Read;
-    let read_err = |source| CertificateError::Read { path: path.to_owned(), source };
+    let read_err = |source| CertificateError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     if size > MAX_PEM_BYTES {
-        return Err(CertificateError::TooLarge { path: path.to_owned(), size });
+        return Err(CertificateError::TooLarge {
+            path: path.to_owned(),
+            size,
+        });
     }
     let mut data = Vec::with_capacity(size as usize);
     file.take(MAX_PEM_BYTES + 1).read_to_end(&mut data).map_err(read_err)?;
     if data.len() as u64 > MAX_PEM_BYTES {
-        return Err(CertificateError::TooLarge { path: path.to_owned(), size: data.len() as u64 });
+        return Err(CertificateError::TooLarge {
+            path: path.to_owned(),
+            size: data.len() as u64,
+        });
     }
     Ok(data)
 }
@@ -327,7 +354,10 @@ fn precheck(data: &[u8], path: &Path, kind: &'static str) -> Result<(), Certific
     }
     // DER starts with an ASN.1 SEQUENCE tag and holds no PEM armour.
     if data[0] == 0x30 && !contains(data, b"-----BEGIN") {
-        return Err(CertificateError::Der { path: path.to_owned(), kind });
+        return Err(CertificateError::Der {
+            path: path.to_owned(),
+            kind,
+        });
     }
     Ok(())
 }
@@ -337,14 +367,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn bad_pem(path: &Path, e: pem::Error) -> CertificateError {
-    CertificateError::BadPem { path: path.to_owned(), message: e.to_string() }
+    CertificateError::BadPem {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn parse_chain(data: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
     precheck(data, path, "x509")?;
-    let chain = CertificateDer::pem_slice_iter(data).collect::<Result<Vec<_>, _>>().map_err(|e| bad_pem(path, e))?;
+    let chain = CertificateDer::pem_slice_iter(data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_pem(path, e))?;
     if chain.is_empty() {
-        return Err(CertificateError::NoPem { path: path.to_owned(), what: "certificate", label: "CERTIFICATE" });
+        return Err(CertificateError::NoPem {
+            path: path.to_owned(),
+            what: "certificate",
+            label: "CERTIFICATE",
+        });
     }
     Ok(chain)
 }
@@ -355,16 +394,21 @@ fn parse_key(data: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, Certifi
         return Err(CertificateError::Encrypted { path: path.to_owned() });
     }
     PrivateKeyDer::from_pem_slice(data).map_err(|e| match e {
-        pem::Error::NoItemsFound => {
-            CertificateError::NoPem { path: path.to_owned(), what: "private key", label: "PRIVATE KEY" }
-        }
+        pem::Error::NoItemsFound => CertificateError::NoPem {
+            path: path.to_owned(),
+            what: "private key",
+            label: "PRIVATE KEY",
+        },
         e => bad_pem(path, e),
     })
 }
 
 fn describe(leaf: &CertificateDer<'_>, path: &Path) -> Result<CertificateInfo, CertificateError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let bad = |message: String| CertificateError::BadCertificate { path: path.to_owned(), message };
+    let bad = |message: String| CertificateError::BadCertificate {
+        path: path.to_owned(),
+        message,
+    };
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -420,7 +464,12 @@ pub fn format_utc(secs: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

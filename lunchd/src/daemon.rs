@@ -1,0 +1,262 @@
+//! The running daemon: both servers, signals, reload and readiness.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use lunch_core::Picker;
+use lunch_net::redirect::{AllowedHosts, RedirectPolicy, SharedPolicy};
+use lunch_net::tls::{CertificateFiles, CertificateStore, LoadedCertificate};
+use lunch_net::{Probe, Server};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::app::{self, Lunch, SharedLunch};
+use crate::config::{self, Config};
+use crate::notify;
+
+/// Everything `run` needs, prepared before the runtime starts.
+pub struct Setup {
+    /// The configuration in effect.
+    pub config: Config,
+    /// The file to re-read on reload, if any.
+    pub config_path: Option<PathBuf>,
+    /// Key and chain from the command line, which win over the file.
+    pub cli_files: Option<CertificateFiles>,
+    /// The listener of the redirect server.
+    pub http: Option<TcpListener>,
+    /// The listener of the TLS server.
+    pub https: TcpListener,
+    /// Whether the listeners came from socket activation.
+    pub activated: bool,
+    /// The certificate to start with.
+    pub certificate: LoadedCertificate,
+}
+
+/// The key and chain files in effect for `config`, if any.
+pub fn certificate_files(config: &Config, cli: Option<&CertificateFiles>) -> Option<CertificateFiles> {
+    cli.cloned().or_else(|| match (&config.key, &config.certificate) {
+        (Some(key), Some(chain)) => Some(CertificateFiles {
+            key: key.clone(),
+            chain: chain.clone(),
+        }),
+        _ => None,
+    })
+}
+
+struct Daemon {
+    config_path: Option<PathBuf>,
+    cli_files: Option<CertificateFiles>,
+    store: Arc<CertificateStore>,
+    lunch: SharedLunch,
+    policy: SharedPolicy,
+    https_port: u16,
+    listeners: String,
+}
+
+/// Serves until SIGTERM or SIGINT; reloads on SIGHUP.
+pub async fn run(setup: Setup) -> anyhow::Result<()> {
+    let Setup {
+        config,
+        config_path,
+        cli_files,
+        http,
+        https,
+        activated,
+        certificate,
+    } = setup;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let store = CertificateStore::new(certificate);
+    let https_local = https.local_addr().context("reading the https socket's address")?;
+    let https_port = config.https_port.unwrap_or(https_local.port());
+    let lunch: SharedLunch = Arc::new(ArcSwap::from_pointee(lunch_from(&config)));
+    let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(policy_from(&config, &store, https_port)));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let mut router = app::router(Arc::clone(&lunch));
+    if config.hsts_max_age > 0 {
+        router = lunch_net::with_hsts(router, config.hsts_max_age);
+    }
+    let tls_server = Server::tls(
+        "https",
+        https,
+        router,
+        config.limits.clone(),
+        lunch_net::tls::server_config(Arc::clone(&store)),
+    )
+    .context("starting the https server")?;
+    let mut probes: Vec<Probe> = vec![tls_server.probe()];
+    let how = if activated { "socket from systemd" } else { "bound" };
+    let mut listeners = format!("https on {https_local}");
+    tracing::info!("serving https://{}/ ({how})", url_host(&https_local, &store));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(tls_server.run(stopped(stop_rx.clone())));
+    match http.filter(|_| config.redirect) {
+        Some(listener) => {
+            let local = listener.local_addr().context("reading the http socket's address")?;
+            let server = Server::plain(
+                "http",
+                listener,
+                lunch_net::redirect::router(Arc::clone(&policy)),
+                config.limits.clone(),
+            )
+            .context("starting the http server")?;
+            probes.push(server.probe());
+            listeners.push_str(&format!(", http redirect on {local}"));
+            tracing::info!("redirecting http://{}/ to https ({how})", url_host(&local, &store));
+            tasks.spawn(server.run(stopped(stop_rx.clone())));
+        }
+        None => tracing::info!("no redirect server: [http] redirect = false"),
+    }
+
+    let daemon = Daemon {
+        config_path,
+        cli_files,
+        store,
+        lunch,
+        policy,
+        https_port,
+        listeners,
+    };
+    notify::ready(&daemon.status(None));
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(interval, probes));
+    }
+
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => daemon.reload().await,
+            Some(result) = tasks.join_next() => {
+                // A server stopping on its own is a bug; let systemd restart us.
+                result.context("a server task failed")?;
+                anyhow::bail!("a server stopped unexpectedly");
+            }
+        }
+    }
+    tracing::info!("stopping: finishing in-flight requests");
+    notify::stopping(config.limits.drain_timeout);
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Daemon {
+    fn status(&self, problem: Option<&str>) -> String {
+        let info = self.store.info();
+        let mut status = format!(
+            "{}; certificate {} expires {}",
+            self.listeners,
+            info.subject,
+            lunch_net::tls::format_utc(info.not_after)
+        );
+        if let Some(problem) = problem {
+            status = format!("reload failed, still serving the previous configuration: {problem}; {status}");
+        }
+        status
+    }
+
+    /// Re-reads the configuration and the certificate; swaps both only when
+    /// both are valid.
+    async fn reload(&self) {
+        notify::reloading();
+        tracing::info!("reloading");
+        let config_path = self.config_path.clone();
+        let cli_files = self.cli_files.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<(Config, Option<LoadedCertificate>)> {
+            let config = match &config_path {
+                Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => Config::default(),
+            };
+            let certificate = match certificate_files(&config, cli_files.as_ref()) {
+                Some(files) => Some(LoadedCertificate::load(&files, std::time::SystemTime::now())?),
+                None => None,
+            };
+            Ok((config, certificate))
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        match loaded {
+            Ok((config, certificate)) => {
+                if let Some(certificate) = certificate {
+                    tracing::info!("serving certificate {}", certificate.info());
+                    self.store.replace(certificate);
+                }
+                self.lunch.store(Arc::new(lunch_from(&config)));
+                self.policy.store(Arc::new(policy_from(
+                    &config,
+                    &self.store,
+                    config.https_port.unwrap_or(self.https_port),
+                )));
+                tracing::info!("reloaded; listener addresses and [limits] take effect on restart");
+                notify::ready(&self.status(None));
+            }
+            Err(e) => {
+                let problem = format!("{e:#}");
+                tracing::error!("reload failed, still serving the previous configuration and certificate: {problem}");
+                notify::ready(&self.status(Some(&problem)));
+            }
+        }
+    }
+}
+
+fn lunch_from(config: &Config) -> Lunch {
+    Lunch {
+        picker: Picker::new(config.menu.clone(), config.mode, &config.team),
+        utc_offset_minutes: config.utc_offset_minutes,
+    }
+}
+
+fn policy_from(config: &Config, store: &Arc<CertificateStore>, https_port: u16) -> RedirectPolicy {
+    RedirectPolicy {
+        allowed: match &config.allowed_hosts {
+            Some(hosts) => AllowedHosts::List(hosts.clone()),
+            None => AllowedHosts::Certificate(Arc::clone(store)),
+        },
+        canonical: config.canonical_host.clone(),
+        https_port,
+        acme_webroot: config.acme_webroot.clone(),
+    }
+}
+
+/// A host for log URLs: the certificate's first name, else the address.
+fn url_host(addr: &std::net::SocketAddr, store: &CertificateStore) -> String {
+    let info = store.info();
+    match info.names.first() {
+        Some(name) if addr.ip().is_loopback() || addr.ip().is_unspecified() => format!("{name}:{}", addr.port()),
+        _ => addr.to_string(),
+    }
+}
+
+/// Pings systemd's watchdog only while every server's accept loop answers.
+async fn watchdog(interval: Duration, probes: Vec<Probe>) {
+    let period = interval / 2;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut alive = true;
+        for probe in &probes {
+            alive &= tokio::time::timeout(period / 2, probe.check()).await.unwrap_or(false);
+        }
+        if alive {
+            notify::watchdog();
+        } else {
+            tracing::error!("a server stopped answering; withholding the watchdog ping");
+        }
+    }
+}

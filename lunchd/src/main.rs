@@ -1,0 +1,180 @@
+//! lunchd: Lunch as a Service.
+//!
+//! `main` does what must happen before the async runtime starts (parse
+//! arguments, read the configuration, adopt the inherited sockets and
+//! unset their variables while the process is single-threaded), then hands
+//! over to [`daemon::run`].
+
+mod app;
+mod cli;
+mod config;
+mod daemon;
+mod dev_cert;
+mod notify;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use lunch_net::sockets::{self, Expect, ListenEnv};
+use lunch_net::tls::{CertificateFiles, LoadedCertificate};
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Printed without the log prefix so that a user sees it plainly,
+            // and journald records it as the unit's last words.
+            eprintln!("lunchd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::CheckConfig { ref path }) => {
+            let path = path
+                .clone()
+                .or(cli.config.clone())
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            check_config(&path)
+        }
+        None => serve(cli),
+    }
+}
+
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} dishes, {} picks)",
+                path.display(),
+                config.menu.dishes().len(),
+                config.mode
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            anyhow::bail!("{}: {} problem(s) found", path.display(), errors.0.len())
+        }
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let config_path = match cli.config {
+        Some(path) => Some(path),
+        None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    let config = match &config_path {
+        Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
+        None => Config::default(),
+    };
+    init_logging(&config.log_level);
+    match &config_path {
+        Some(path) => tracing::info!("configuration from {}", path.display()),
+        None => tracing::info!("no configuration file; using built-in defaults"),
+    }
+
+    let cli_files = match (cli.key, cli.certificate) {
+        (Some(key), Some(chain)) => Some(CertificateFiles { key, chain }),
+        _ => None,
+    };
+    let certificate = match daemon::certificate_files(&config, cli_files.as_ref()) {
+        Some(files) => LoadedCertificate::load(&files, std::time::SystemTime::now())?,
+        None => {
+            tracing::warn!(
+                "no certificate configured: serving a generated self-signed development certificate for localhost; \
+                 set https.key and https.certificate (or --key and --certificate) for production"
+            );
+            dev_cert::generate()?
+        }
+    };
+    tracing::info!("certificate {}", certificate.info());
+
+    let (http, https, activated) = take_listeners(&config)?;
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(daemon::run(daemon::Setup {
+        config,
+        config_path,
+        cli_files,
+        http,
+        https,
+        activated,
+        certificate,
+    }))
+}
+
+/// Adopts the sockets systemd passed, by name, or binds the configured
+/// fallback addresses when there are none.
+fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListener>, std::net::TcpListener, bool)> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let env = ListenEnv {
+        pid: pid.as_deref(),
+        fds: fds.as_deref(),
+        names: names.as_deref(),
+    };
+    let expect = if config.redirect {
+        Expect::Both
+    } else {
+        Expect::HttpsOnly
+    };
+    let parsed = sockets::parse_listen_env(env, std::process::id());
+    // The variables describe this process only; children must not see them.
+    // SAFETY: called from `main` before the runtime or any other thread
+    // starts, so nothing reads the environment concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    match parsed? {
+        Some(names) => {
+            // listenfd re-checks LISTEN_PID and unsets LISTEN_PID and LISTEN_FDS.
+            let mut fds = listenfd::ListenFd::from_env();
+            let listeners = sockets::adopt(&mut fds, &names, expect)?;
+            Ok((listeners.http, listeners.https, true))
+        }
+        None => {
+            let https = sockets::bind(config.https_listen)?;
+            let http = if config.redirect {
+                Some(sockets::bind(config.http_listen)?)
+            } else {
+                None
+            };
+            Ok((http, https, false))
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // journald stamps every line itself and shows no colours.
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
