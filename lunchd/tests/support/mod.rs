@@ -1,0 +1,461 @@
+//! Shared helpers of the integration tests: a test CA, the real `lunchd`
+//! binary started under `systemd-socket-activate` with named sockets on
+//! free loopback ports, a `NOTIFY_SOCKET` listener, and real TLS and HTTP
+//! clients.
+//!
+//! Each test binary uses a subset of these helpers.
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream as AsyncTcpStream;
+
+/// The binary under test.
+pub const LUNCHD: &str = env!("CARGO_BIN_EXE_lunchd");
+
+/// A certificate authority made for one test.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+    der: CertificateDer<'static>,
+}
+
+/// A leaf certificate issued by a [`TestCa`].
+pub struct Leaf {
+    pub key_pem: String,
+    /// Leaf followed by the CA, like Let's Encrypt's fullchain.pem.
+    pub chain_pem: String,
+    /// Lowercase hex, as lunchd and the client report it.
+    pub serial: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "lunchd test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        let der = cert.der().clone();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            pem,
+            der,
+        }
+    }
+
+    /// A leaf for `names` with serial `serial`, valid now.
+    pub fn issue(&self, names: &[&str], serial: u64) -> Leaf {
+        self.issue_with(names, serial, |_| {})
+    }
+
+    /// A leaf for `names`, with `adjust` applied to its parameters.
+    pub fn issue_with(&self, names: &[&str], serial: u64, adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let serial_bytes = serial_bytes(serial);
+        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
+        adjust(&mut params);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            key_pem: key.serialize_pem(),
+            chain_pem: format!("{}{}", cert.pem(), self.pem),
+            serial: hex(&serial_bytes),
+        }
+    }
+
+    /// A rustls client configuration trusting only this CA.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// A positive, minimally encoded DER serial: a fixed non-zero first byte,
+/// then `serial`.
+fn serial_bytes(serial: u64) -> Vec<u8> {
+    let mut bytes = vec![0x1a];
+    bytes.extend_from_slice(&serial.to_be_bytes());
+    bytes
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `leaf` as `key.pem` and `fullchain.pem` in `dir`, replacing any
+/// previous files atomically (as certbot does with its symlinks).
+pub fn write_leaf(dir: &Path, leaf: &Leaf) -> (PathBuf, PathBuf) {
+    let key = dir.join("key.pem");
+    let chain = dir.join("fullchain.pem");
+    write_atomic(&key, leaf.key_pem.as_bytes());
+    write_atomic(&chain, leaf.chain_pem.as_bytes());
+    (key, chain)
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `NOTIFY_SOCKET` that records what the service manager would receive.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    pub fn new(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        NotifySocket { path, socket }
+    }
+
+    /// The next message, waiting at most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    /// Messages until one contains `needle` (which is included), waiting at
+    /// most `timeout` overall.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.recv(left) {
+                Some(message) => {
+                    let found = message.lines().any(|l| l == needle || l.starts_with(needle));
+                    seen.push(message);
+                    if found {
+                        return seen;
+                    }
+                }
+                None => break,
+            }
+        }
+        panic!("no notification {needle:?} within {timeout:?}; got {seen:?}");
+    }
+}
+
+/// How to start lunchd.
+pub struct Start {
+    /// Socket names in the order they are passed, e.g. `["http", "https"]`.
+    pub names: Vec<&'static str>,
+    /// Extra arguments after the binary.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Start {
+    fn default() -> Start {
+        Start {
+            names: vec!["http", "https"],
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// lunchd running under `systemd-socket-activate`.
+pub struct Lunchd {
+    pub child: Child,
+    /// Port of each named socket.
+    pub ports: Vec<(&'static str, u16)>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Lunchd {
+    /// Starts `systemd-socket-activate` with one listening socket per name
+    /// and waits until it listens. lunchd itself starts on the first
+    /// connection, like a service behind socket units.
+    pub fn start(start: Start) -> Lunchd {
+        let ports: Vec<(&'static str, u16)> = start.names.iter().map(|n| (*n, free_port())).collect();
+        let mut command = Command::new("systemd-socket-activate");
+        for (name, port) in &ports {
+            command
+                .arg(format!("--listen=127.0.0.1:{port}"))
+                .arg(format!("--fdname={name}"));
+        }
+        for (key, value) in &start.env {
+            command.arg(format!("--setenv={key}={value}"));
+        }
+        command
+            .arg("--setenv=RUST_LOG=debug")
+            .arg(LUNCHD)
+            .args(&start.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .expect("systemd-socket-activate (Debian package systemd) must be installed");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut listening = 0;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("Listening on") {
+                    listening += 1;
+                    if listening == 1 {
+                        // Counted below; a channel send per line is cheap.
+                    }
+                    let _ = tx.send(());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = BufReader::new(stdout).read_to_string(&mut out);
+            sink.lock().unwrap().push_str(&out);
+        });
+        for _ in &ports {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("systemd-socket-activate did not listen");
+        }
+        Lunchd { child, ports, log }
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.ports.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything lunchd logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never contained {needle:?}:\n{}", self.log());
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("lunchd did not exit within {timeout:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for Lunchd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `request` as raw bytes and returns the whole raw response (until
+/// the server closes or 5 s pass).
+pub fn raw_request(port: u16, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                if complete(&response) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Whether a raw HTTP/1 response with Content-Length is complete.
+fn complete(response: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(response);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    length.is_some_and(|n| body.len() >= n)
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+/// One TLS connection to lunchd, kept open for several requests.
+pub struct TlsConnection {
+    pub alpn: Option<Vec<u8>>,
+    /// The serial of the certificate the server presented, lowercase hex.
+    pub serial: String,
+    sender: Sender,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl TlsConnection {
+    /// Connects to 127.0.0.1:`port` with SNI `host`, verifying against `config`.
+    pub async fn connect(port: u16, host: &str, config: Arc<rustls::ClientConfig>) -> TlsConnection {
+        let tcp = AsyncTcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = ServerName::try_from(host.to_owned()).unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let (_, session) = tls.get_ref();
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let leaf = session.peer_certificates().unwrap()[0].clone();
+        let serial = serial_of(&leaf);
+        let io = TokioIo::new(tls);
+        let sender = if alpn.as_deref() == Some(b"h2") {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Sender::H1(sender)
+        };
+        TlsConnection { alpn, serial, sender }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Response {
+        self.request(hyper::Method::GET, host, path, &[]).await
+    }
+
+    pub async fn request(
+        &mut self,
+        method: hyper::Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let h2 = matches!(self.sender, Sender::H2(_));
+        let uri = if h2 {
+            format!("https://{host}{path}")
+        } else {
+            path.to_owned()
+        };
+        let mut builder = hyper::Request::builder().method(method).uri(uri);
+        if !h2 {
+            builder = builder.header("host", host);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Empty::<Bytes>::new()).unwrap();
+        let response = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await.unwrap()
+            }
+            Sender::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await.unwrap()
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+/// The serial number of a DER certificate, lowercase hex.
+pub fn serial_of(cert: &CertificateDer<'_>) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).unwrap();
+    hex(parsed.raw_serial())
+}
+
+/// Retries `f` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,9 @@
+//! The whole deployment under a real systemd in a container.
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {}
+
+pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("not implemented yet (root: {})", crate::project_root().display())
+}
