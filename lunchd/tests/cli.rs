@@ -115,10 +115,7 @@ async fn embedded_default_serves_on_loopback_with_a_development_certificate() {
     .await;
     let certificate = https.get_ref().1.peer_certificates().unwrap()[0].clone();
     drop(https);
-    let (_, parsed) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<'_, _>>::from_der(
-        certificate.as_ref(),
-    )
-    .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).unwrap();
     let san = parsed
         .subject_alternative_name()
         .unwrap()
