@@ -202,7 +202,7 @@ impl Daemon {
                     &self.store,
                     config.https_port.unwrap_or(self.https_port),
                 )));
-                tracing::info!("reloaded; listener addresses and [limits] take effect on restart");
+                tracing::info!("reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart");
                 notify::ready(&self.status(None));
             }
             Err(e) => {
