@@ -279,7 +279,8 @@ pub(super) fn render(page: &Page<'_>) -> String {
         html.push_str(
             "<nav class=\"card\" aria-labelledby=\"filter\"><h2 id=\"filter\">Filter by tag</h2><ul class=\"chips\">",
         );
-        let current = |t: Option<&str>| if page.tag == t { " aria-current=\"page\"" } else { "" };
+        // "true", not "page": the header already marks the current page.
+        let current = |t: Option<&str>| if page.tag == t { " aria-current=\"true\"" } else { "" };
         let _ = write!(html, "<li><a href=\"{}\"{}>any</a></li>", page.path, current(None));
         for tag in tags {
             html.push_str("<li><a href=\"");
@@ -401,7 +402,7 @@ mod tests {
         assert!(html.starts_with("<!doctype html><html lang=\"en\">"));
         assert!(html.contains("<span class=\"pick\">Sandwich</span>"));
         assert!(html.contains("<a class=\"button\" href=\"/?tag=quick\">Pick again</a>"));
-        assert!(html.contains("<a href=\"/?tag=quick\" aria-current=\"page\">quick</a>"));
+        assert!(html.contains("<a href=\"/?tag=quick\" aria-current=\"true\">quick</a>"));
         assert!(html.contains("<a href=\"/?tag=vegetarian\">vegetarian</a>"));
         assert!(html.contains("Today's team pick"));
         assert!(html.contains("<time datetime=\"2026-11-28\">Saturday 28 November</time>"));
