@@ -9,6 +9,10 @@
 //!
 //! Chromium is Debian's `chromium` (`$LUNCHD_CHROMIUM` overrides the path).
 //! Without it the test fails, unless `LUNCHD_SKIP_BROWSER=1` says to skip.
+//!
+//! A second test checks, over real HTTPS and without a browser, the headers
+//! a browser relies on: the security headers on every answer (errors
+//! included), HSTS, caching, and revalidation of the daily pick.
 
 mod support;
 
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{Lunchd, Start, TestCa, write_leaf};
+use support::{Lunchd, Start, TestCa, TlsConnection, write_leaf};
 
 const MENU: &str = r#"
 [picker]
@@ -188,13 +192,92 @@ fn the_page_in_headless_chromium() {
         .iter()
         .filter(|e| e["method"] == "Log.entryAdded")
         .filter(|e| {
-            let text = e["params"]["entry"]["text"].as_str().unwrap_or_default();
-            text.contains("Content Security Policy") || text.contains("Content-Security-Policy")
+            let entry = &e["params"]["entry"];
+            let text = entry["text"].as_str().unwrap_or_default();
+            // e.g. "Applying inline style violates the following Content Security Policy directive..."
+            entry["source"] == "security" || text.contains("Content Security Policy")
         })
         .collect();
-    assert!(violations.is_empty(), "CSP violations: {violations:#?}");
+    assert!(violations.is_empty(), "security errors in the console: {violations:#?}");
     browser.close();
     let _ = writeln!(std::io::stderr(), "screenshots in {}", shots.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_https_answer_carries_the_security_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["lunch.test"], 2);
+    let (key, chain) = write_leaf(dir.path(), &leaf);
+    let lunchd = Lunchd::start(Start {
+        args: vec![
+            format!("--key={}", key.display()),
+            format!("--certificate={}", chain.display()),
+        ],
+        ..Start::default()
+    });
+    let https = lunchd.port("https");
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut connection = TlsConnection::connect(https, "lunch.test", ca.client_config(&[alpn])).await;
+        assert_eq!(connection.alpn.as_deref(), Some(alpn));
+        let cases: [(hyper::Method, &str, u16); 7] = [
+            (hyper::Method::GET, "/", 200),
+            (hyper::Method::HEAD, "/today", 200),
+            (hyper::Method::GET, "/api/lunch?tag=vegetarian", 200),
+            (hyper::Method::GET, "/api/lunch?tag=dessert", 404),
+            (hyper::Method::GET, "/api/lunch?tag=a&tag=b", 400),
+            (hyper::Method::GET, "/nope", 404),
+            (hyper::Method::POST, "/api/today", 405),
+        ];
+        for (method, path, status) in cases {
+            let response = connection.request(method.clone(), "lunch.test", path, &[]).await;
+            let what = format!("{method} {path} over {}", String::from_utf8_lossy(alpn));
+            assert_eq!(response.status, status, "{what}: {}", response.body);
+            let header = |name: &str| response.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+            let csp = header("content-security-policy").unwrap_or_else(|| panic!("{what}: no CSP"));
+            assert!(
+                csp.starts_with("default-src 'none'; style-src 'sha256-"),
+                "{what}: {csp}"
+            );
+            assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{what}");
+            assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"), "{what}");
+            assert_eq!(header("x-frame-options").as_deref(), Some("DENY"), "{what}");
+            let hsts = header("strict-transport-security").unwrap_or_else(|| panic!("{what}: no HSTS"));
+            assert!(hsts.starts_with("max-age="), "{what}: {hsts}");
+            if status >= 400 {
+                assert_eq!(header("cache-control").as_deref(), Some("no-store"), "{what}");
+            }
+            if status == 405 {
+                assert_eq!(header("allow").as_deref(), Some("GET,HEAD"), "{what}");
+            }
+            if path.starts_with("/api/") {
+                let json: Value = serde_json::from_str(&response.body).unwrap();
+                assert!(
+                    json.get(if status == 200 { "lunch" } else { "error" }).is_some(),
+                    "{what}: {json}"
+                );
+            }
+        }
+        let first = connection.get("lunch.test", "/api/today").await;
+        assert!(
+            first.headers["cache-control"]
+                .to_str()
+                .unwrap()
+                .starts_with("public, max-age=")
+        );
+        let etag = first.headers["etag"].to_str().unwrap().to_owned();
+        let again = connection
+            .request(
+                hyper::Method::GET,
+                "lunch.test",
+                "/api/today",
+                &[("if-none-match", &etag)],
+            )
+            .await;
+        assert_eq!(again.status, 304);
+        assert_eq!(again.body, "");
+        assert_eq!(again.headers["etag"], etag.as_str());
+    }
 }
 
 /// The Chromium binary, if installed.
