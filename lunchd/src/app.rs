@@ -54,7 +54,7 @@ pub fn router(lunch: SharedLunch) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(lunch)
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(tower::util::MapResponseLayer::new(security_headers))
 }
 
 /// The `?tag=` filter. `STRICT` (the JSON API) also refuses parameters it
@@ -438,7 +438,10 @@ async fn method_not_allowed(uri: Uri) -> Response {
         .into_response()
 }
 
-async fn security_headers(mut response: Response) -> Response {
+/// Adds the security headers. A plain function in a `MapResponseLayer`
+/// rather than `axum::middleware::map_response`, which boxes a future and
+/// clones the inner service on every request.
+fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
