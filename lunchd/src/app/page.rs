@@ -4,7 +4,7 @@
 //!
 //! Every piece of dynamic text (dish names and tags come from the
 //! operator's configuration, the requested tag from the URL) goes through
-//! [`escape`] or [`encode_query_value`].
+//! [`write_escaped`] or [`encode_query_value`].
 
 use std::fmt::Write;
 
