@@ -150,9 +150,9 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
 pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let prefix = absolute_prefix(&args.prefix)?;
     let to_root = args.destdir == Path::new("/");
-    if to_root && !args.dry_run {
+    if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
-        disable.args(["disable", "--now", SERVICE]).args(SOCKETS);
+        disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
         run(&mut disable)?;
     }
     let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
@@ -589,7 +589,8 @@ fn print_next_steps(domain: &str, to_root: bool) {
             leave {live}/privkey.pem and {live}/fullchain.pem.\n\
          2. edit /etc/lunchd/lunchd.toml, then check it: `lunchd check-config /etc/lunchd/lunchd.toml`.\n\
          3. `systemctl enable --now {} {}`: lunchd starts on the first connection.\n\
-         4. after a renewal the certbot hook runs `systemctl reload lunchd`; check with `systemctl status lunchd`.{}",
+         4. after a renewal the certbot hook runs `systemctl reload lunchd`; check with `systemctl status lunchd`.\n\
+         5. upgrading? `systemctl restart lunchd` starts the new binary and units; the sockets keep every client.{}",
         SOCKETS[0],
         SOCKETS[1],
         if to_root {
