@@ -473,10 +473,13 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     let stderr = output.stderr;
     let mut problems = Vec::new();
     for line in stderr.lines().filter(|l| l.contains("lunchd")) {
+        // What systemd-analyze 252 says about exactly these two settings.
         let newer = (version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD
-            && analyzer < NOTIFY_RELOAD_AFTER_EXEC_RELOAD
-            && line.contains("notify-reload"))
-            || (version >= REFRESH_ON_RELOAD && analyzer < REFRESH_ON_RELOAD && line.contains("RefreshOnReload"));
+            && analyzer < 253
+            && line.ends_with("Failed to parse service type, ignoring: notify-reload"))
+            || (version >= REFRESH_ON_RELOAD
+                && analyzer < REFRESH_ON_RELOAD
+                && line.ends_with("Unknown key 'RefreshOnReload' in section [Service], ignoring."));
         if newer {
             println!("note: systemd-analyze {analyzer} does not know a setting of systemd {version}: {line}");
         } else {
@@ -604,6 +607,51 @@ fn print_next_steps(domain: &str, to_root: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes the units for `version` with `edit` applied to the service
+    /// under a scratch destdir, and verifies them.
+    fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
+        let destdir = Scratch::new("verify-test").unwrap();
+        let binary = std::env::current_exe().unwrap();
+        let root = crate::project_root();
+        let mut files = plan(&root, &binary, "lunch.example", Path::new(TEMPLATE_PREFIX), version).unwrap();
+        for file in &mut files {
+            if let (true, Contents::Text(text)) = (file.path.ends_with(SERVICE), &mut file.contents) {
+                *text = edit(std::mem::take(text));
+            }
+            write_file(&destdir.0, file).unwrap();
+        }
+        verify(&destdir.0, &files, version)
+    }
+
+    #[test]
+    fn verify_passes_the_units_and_stops_on_a_problem_in_them() {
+        verify_edited(252, |unit| unit).unwrap();
+        let error = verify_edited(252, |unit| unit.replace("\nType=notify\n", "\nType=notifyy\n")).unwrap_err();
+        assert!(format!("{error:#}").contains("notifyy"), "{error:#}");
+        let error = verify_edited(252, |unit| unit.replace("ProtectHome=yes", "ProtectHomes=yes")).unwrap_err();
+        assert!(format!("{error:#}").contains("ProtectHomes"), "{error:#}");
+        let error = verify_edited(252, |unit| {
+            unit.replace("/usr/local/bin/lunchd --config", "/usr/local/bin/lunch --config")
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("/usr/local/bin/lunch"), "{error:#}");
+    }
+
+    #[test]
+    fn verify_tolerates_only_the_settings_of_a_newer_systemd() {
+        // Type=notify-reload and RefreshOnReload= are newer than the
+        // analyzer where it is 252; anything else still fails.
+        verify_edited(260, |unit| unit).unwrap();
+        let error = verify_edited(260, |unit| {
+            unit.replace(
+                "RefreshOnReload=credentials",
+                "RefreshOnReload=credentials\nRefreshOnReloadd=x",
+            )
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("RefreshOnReloadd"), "{error:#}");
+    }
 
     #[test]
     fn versions_from_systemctl() {
