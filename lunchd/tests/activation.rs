@@ -276,3 +276,46 @@ async fn reload_serves_the_new_certificate_without_dropping_connections() {
         lunchd.log()
     );
 }
+
+/// systemd before 260 copies credentials only at start; the unit's
+/// ExecReload= puts renewed files into the runtime directory, and lunchd
+/// reloads from there (`--reload-credentials`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_prefers_refreshed_credentials() {
+    let credentials = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let first = ca.issue(&["lunch.test"], 1);
+    let key = credentials.path().join("privkey.pem");
+    let chain = credentials.path().join("fullchain.pem");
+    std::fs::write(&key, &first.key_pem).unwrap();
+    std::fs::write(&chain, &first.chain_pem).unwrap();
+    let lunchd = Lunchd::start(Start {
+        args: vec![
+            format!("--key={}", key.display()),
+            format!("--certificate={}", chain.display()),
+            format!("--reload-credentials={}", runtime.path().display()),
+        ],
+        ..Start::default()
+    });
+    let https = lunchd.port("https");
+    let client = || TlsConnection::connect(https, "lunch.test", ca.client_config(&[b"h2"]));
+    assert_eq!(client().await.serial, first.serial);
+
+    // Nothing refreshed yet: the reload re-reads the credentials.
+    lunchd.signal(libc::SIGHUP);
+    lunchd.wait_log("no refreshed credentials in", Duration::from_secs(10));
+    assert_eq!(client().await.serial, first.serial);
+
+    // The renewed pair in the runtime directory wins.
+    let second = ca.issue(&["lunch.test"], 2);
+    std::fs::write(runtime.path().join("privkey.pem"), &second.key_pem).unwrap();
+    std::fs::write(runtime.path().join("fullchain.pem"), &second.chain_pem).unwrap();
+    lunchd.signal(libc::SIGHUP);
+    let serial = support::eventually(Duration::from_secs(10), || async {
+        let serial = client().await.serial;
+        (serial == second.serial).then_some(serial)
+    })
+    .await;
+    assert_eq!(serial, second.serial);
+}

@@ -159,31 +159,33 @@ fn install_units_writes_the_units_each_systemd_version_needs() {
                 assert!(reload.is_empty(), "{reload:?}");
             }
         }
+        // Every version gets the key through LoadCredential= at start.
+        assert_eq!(
+            values(&service, "LoadCredential"),
+            [
+                format!("privkey.pem:{live}/privkey.pem"),
+                format!("fullchain.pem:{live}/fullchain.pem")
+            ]
+        );
+        assert!(
+            exec_start[0].contains("--key=${CREDENTIALS_DIRECTORY}/privkey.pem"),
+            "{service}"
+        );
+        assert!(exec_start[0].contains("--certificate=${CREDENTIALS_DIRECTORY}/fullchain.pem"));
+        assert!(values(&service, "ExecStartPre").is_empty());
         if version >= 260 {
-            assert_eq!(
-                values(&service, "LoadCredential"),
-                [
-                    format!("privkey.pem:{live}/privkey.pem"),
-                    format!("fullchain.pem:{live}/fullchain.pem")
-                ]
-            );
             assert_eq!(values(&service, "RefreshOnReload"), ["credentials"]);
             assert!(values(&service, "RuntimeDirectory").is_empty());
-            assert!(
-                exec_start[0].contains("--key=${CREDENTIALS_DIRECTORY}/privkey.pem"),
-                "{service}"
-            );
-            assert!(exec_start[0].contains("--certificate=${CREDENTIALS_DIRECTORY}/fullchain.pem"));
+            assert!(!exec_start[0].contains("--reload-credentials"), "{service}");
         } else {
-            assert!(values(&service, "LoadCredential").is_empty());
+            // Before 260 renewed files reach lunchd through the runtime
+            // directory, copied by ExecReload=+.
             assert!(values(&service, "RefreshOnReload").is_empty());
             assert_eq!(values(&service, "RuntimeDirectory"), ["lunchd"]);
-            assert_eq!(values(&service, "ExecStartPre"), [copy.as_str()]);
             assert!(
-                exec_start[0].contains("--key=${RUNTIME_DIRECTORY}/privkey.pem"),
+                exec_start[0].ends_with(" --reload-credentials=${RUNTIME_DIRECTORY}"),
                 "{service}"
             );
-            assert!(exec_start[0].contains("--certificate=${RUNTIME_DIRECTORY}/fullchain.pem"));
         }
         assert!(exec_start[0].starts_with("/usr/local/bin/lunchd --config=/etc/lunchd/lunchd.toml "));
 

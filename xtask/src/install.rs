@@ -9,8 +9,9 @@
 //!   `ExecReload=` (the credential copy) *before* it sends SIGHUP; 253 to 258
 //!   send the signal first, which would race the copy, so they keep
 //!   `Type=notify` and an `ExecReload=` that sends SIGHUP after copying.
-//! - 260 and later: `LoadCredential=` with `RefreshOnReload=credentials`
-//!   replaces the copy into the runtime directory.
+//! - 260 and later: `RefreshOnReload=credentials` makes `LoadCredential=`
+//!   copy the files again before every reload, which replaces the reload
+//!   copy into the runtime directory (and `--reload-credentials`).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -257,8 +258,8 @@ pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix:
         let exec_start = unit
             .lines()
             .find(|l| l.starts_with("ExecStart="))
-            .context("deploy/lunchd.service has no ExecStart=")?
-            .replace("${RUNTIME_DIRECTORY}", "${CREDENTIALS_DIRECTORY}");
+            .context("deploy/lunchd.service has no ExecStart=")?;
+        let exec_start = replace_all(exec_start, " --reload-credentials=${RUNTIME_DIRECTORY}", "")?;
         unit = format!(
             "{before}# Key and chain: systemd copies them from the root-only live directory,\n\
              # readable by the dynamic user only, at start and, with\n\
@@ -275,6 +276,7 @@ pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix:
             &helper,
             &format!("{prefix}/libexec/lunchd-copy-credentials {live} "),
         )?;
+        unit = replace_all(&unit, &format!(":{TEMPLATE_LIVE_DIR}/"), &format!(":{live}/"))?;
     }
     if version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD {
         unit = replace_all(&unit, "\nType=notify\n", "\nType=notify-reload\n")?;
