@@ -129,10 +129,15 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         https_port,
         listeners,
     };
-    notify::ready(&daemon.status(None));
-    if let Some(interval) = sd_notify::watchdog_enabled() {
-        tokio::spawn(watchdog(interval, probes));
+    // Ready means serving: every accept loop has answered once. A server
+    // that failed instead is reported by the loop below.
+    if all_answer(&probes).await {
+        notify::ready(&daemon.status(None));
     }
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        tracing::info!("watchdog enabled: pinging every {:?}", interval / 2);
+        tokio::spawn(watchdog(interval, probes))
+    });
 
     loop {
         tokio::select! {
@@ -147,6 +152,11 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping: finishing in-flight requests");
+    // The drain stops the accept loops; the service manager stops watching
+    // once it sees STOPPING=1.
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     notify::stopping(config.limits.drain_timeout);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -242,17 +252,27 @@ fn url_host(addr: &std::net::SocketAddr, store: &CertificateStore) -> String {
     }
 }
 
-/// Pings systemd's watchdog only while every server's accept loop answers.
+/// Whether every server's accept loop answers.
+async fn all_answer(probes: &[Probe]) -> bool {
+    let mut alive = true;
+    for probe in probes {
+        alive &= probe.check().await;
+    }
+    alive
+}
+
+/// Pings systemd's watchdog at half the interval, and only while every
+/// server's accept loop answers: a stuck loop lets the interval lapse, and
+/// systemd restarts the service (`Restart=on-failure`).
 async fn watchdog(interval: Duration, probes: Vec<Probe>) {
     let period = interval / 2;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let mut alive = true;
-        for probe in &probes {
-            alive &= tokio::time::timeout(period / 2, probe.check()).await.unwrap_or(false);
-        }
+        let alive = tokio::time::timeout(period / 2, all_answer(&probes))
+            .await
+            .unwrap_or(false);
         if alive {
             notify::watchdog();
         } else {
