@@ -16,6 +16,8 @@ const SERVICE: &str = "lunchd.service";
 const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 /// Where the clients inside the container find the test CA.
 const CA_PATH: &str = "/root/lunchd-e2e-ca.pem";
+/// The webroot docs/deploy.md configures for certbot and lunchd.
+const ACME_WEBROOT: &str = "/var/www/acme";
 /// systemd's range of dynamic users (`DynamicUser=`).
 const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 /// The spacing of connection attempts under load.
@@ -175,6 +177,8 @@ fn prepare<'a>(mut w: World<'a>, destdir: &Path, ca: &TestCa) -> anyhow::Result<
     install_certificate(w.c, w.domain, &w.first, 1)?;
     write(&root.join(CA_PATH.trim_start_matches('/')), ca.pem.as_bytes(), 0o644)?;
 
+    // As docs/deploy.md says: give lunchd the webroot certbot writes
+    // challenges to, unless the installed configuration already names one.
     let config_path = root.join("etc/lunchd/lunchd.toml");
     let config = std::fs::read_to_string(&config_path).with_context(|| {
         format!(
@@ -182,15 +186,19 @@ fn prepare<'a>(mut w: World<'a>, destdir: &Path, ca: &TestCa) -> anyhow::Result<
             config_path.display()
         )
     })?;
-    let table: toml::Table = config
+    let mut table: toml::Table = config
         .parse()
         .context("parsing the installed /etc/lunchd/lunchd.toml")?;
-    w.webroot = table
-        .get("http")
-        .and_then(|h| h.get("acme_webroot"))
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from)
-        .context("the installed /etc/lunchd/lunchd.toml sets no [http] acme_webroot")?;
+    let http = table
+        .entry("http")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .context("[http] in the installed configuration is not a table")?;
+    let webroot = http
+        .entry("acme_webroot")
+        .or_insert_with(|| toml::Value::String(ACME_WEBROOT.to_owned()));
+    w.webroot = PathBuf::from(webroot.as_str().context("http.acme_webroot is not a string")?);
+    write(&config_path, toml::to_string(&table)?.as_bytes(), 0o644)?;
     std::fs::create_dir_all(root.join(w.webroot.strip_prefix("/").unwrap_or(&w.webroot)))?;
 
     let hook = Path::new("etc/letsencrypt/renewal-hooks/deploy");
