@@ -1,7 +1,7 @@
 //! The running daemon: both servers, signals, reload and readiness.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub struct Setup {
     pub config_path: Option<PathBuf>,
     /// Key and chain from the command line, which win over the file.
     pub cli_files: Option<CertificateFiles>,
+    /// Where refreshed copies of the command line's key and chain may
+    /// appear before a reload (`--reload-credentials`).
+    pub reload_dir: Option<PathBuf>,
     /// The listener of the redirect server.
     pub http: Option<TcpListener>,
     /// The listener of the TLS server.
@@ -50,6 +53,7 @@ pub fn certificate_files(config: &Config, cli: Option<&CertificateFiles>) -> Opt
 struct Daemon {
     config_path: Option<PathBuf>,
     cli_files: Option<CertificateFiles>,
+    reload_dir: Option<PathBuf>,
     store: Arc<CertificateStore>,
     lunch: SharedLunch,
     policy: SharedPolicy,
@@ -63,6 +67,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         config,
         config_path,
         cli_files,
+        reload_dir,
         http,
         https,
         activated,
@@ -123,6 +128,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     let daemon = Daemon {
         config_path,
         cli_files,
+        reload_dir,
         store,
         lunch,
         policy,
@@ -186,12 +192,15 @@ impl Daemon {
         tracing::info!("reloading");
         let config_path = self.config_path.clone();
         let cli_files = self.cli_files.clone();
+        let reload_dir = self.reload_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<(Config, Option<LoadedCertificate>)> {
             let config = match &config_path {
                 Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
                 None => Config::default(),
             };
-            let certificate = match certificate_files(&config, cli_files.as_ref()) {
+            let files = certificate_files(&config, cli_files.as_ref())
+                .map(|files| refreshed_files(files, cli_files.is_some(), reload_dir.as_deref()));
+            let certificate = match files {
                 Some(files) => Some(LoadedCertificate::load(&files, std::time::SystemTime::now())?),
                 None => None,
             };
@@ -212,7 +221,9 @@ impl Daemon {
                     &self.store,
                     config.https_port.unwrap_or(self.https_port),
                 )));
-                tracing::info!("reloaded; listener addresses and [limits] take effect on restart");
+                tracing::info!(
+                    "reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart"
+                );
                 notify::ready(&self.status(None));
             }
             Err(e) => {
@@ -221,6 +232,31 @@ impl Daemon {
                 notify::ready(&self.status(Some(&problem)));
             }
         }
+    }
+}
+
+/// The refreshed copies of the command line's key and chain in
+/// `reload_dir`, when both are there; otherwise `files` unchanged.
+fn refreshed_files(files: CertificateFiles, from_cli: bool, reload_dir: Option<&Path>) -> CertificateFiles {
+    let (Some(dir), true) = (reload_dir, from_cli) else {
+        return files;
+    };
+    let (Some(key), Some(chain)) = (files.key.file_name(), files.chain.file_name()) else {
+        return files;
+    };
+    let refreshed = CertificateFiles {
+        key: dir.join(key),
+        chain: dir.join(chain),
+    };
+    if refreshed.key.exists() && refreshed.chain.exists() {
+        refreshed
+    } else {
+        tracing::info!(
+            "no refreshed credentials in {}; re-reading {}",
+            dir.display(),
+            files.chain.display()
+        );
+        files
     }
 }
 

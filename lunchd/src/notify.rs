@@ -75,9 +75,25 @@ fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option
     }
 }
 
+/// systemd reads notifications into a buffer of `PIPE_BUF` (4096) bytes
+/// and drops a longer message whole, READY=1 included; a status (a list
+/// of configuration errors, say) is cut to leave room for the rest.
+const MAX_STATUS: usize = 2048;
+
+fn bounded(status: &str) -> std::borrow::Cow<'_, str> {
+    if status.len() <= MAX_STATUS {
+        return status.into();
+    }
+    let mut end = MAX_STATUS;
+    while !status.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (see the journal)", &status[..end]).into()
+}
+
 /// Both servers are serving.
 pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    send(&[NotifyState::Ready, NotifyState::Status(&bounded(status))]);
 }
 
 /// A reload starts. systemd 253's `Type=notify-reload` requires
@@ -119,6 +135,15 @@ mod tests {
             expected.map(Duration::from_micros),
             "WATCHDOG_USEC={usec:?} WATCHDOG_PID={pid:?}"
         );
+    }
+
+    #[test]
+    fn long_statuses_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(MAX_STATUS);
+        let cut = bounded(&long);
+        assert!(cut.len() < MAX_STATUS + 40, "{}", cut.len());
+        assert!(cut.ends_with("… (see the journal)"));
     }
 
     #[test]

@@ -250,3 +250,27 @@ async fn notifications_reach_an_abstract_socket() {
     let messages = notify.wait_for("READY=1", WAIT);
     assert!(has_line(&messages, "READY=1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reload_failure_still_fits_one_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_leaf(dir.path(), &ca.issue(&["lunch.test"], 1));
+    let notify = NotifySocket::new(dir.path());
+    let lunchd = start(dir.path(), &notify, &[]);
+    activate(&lunchd);
+    notify.wait_for("READY=1", WAIT);
+
+    // Hundreds of problems: tens of kilobytes of reasons.
+    let bad = "[[dish]]\nname = \"\"\nweight = -1.0\n\n".repeat(300);
+    write_atomic(&dir.path().join("lunchd.toml"), bad.as_bytes());
+    lunchd.signal(libc::SIGHUP);
+    notify.wait_for("RELOADING=1", WAIT);
+    let messages = notify.wait_for("READY=1", WAIT);
+    let ready = messages.last().unwrap();
+    // systemd drops a notification longer than PIPE_BUF (4096 bytes) whole.
+    assert!(ready.len() < 4096, "{} bytes", ready.len());
+    let status = notify_field(ready, "STATUS").unwrap();
+    assert!(status.starts_with("reload failed"), "{status}");
+    assert!(status.contains("dish 1 has an empty name"), "{status}");
+}

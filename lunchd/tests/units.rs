@@ -159,31 +159,33 @@ fn install_units_writes_the_units_each_systemd_version_needs() {
                 assert!(reload.is_empty(), "{reload:?}");
             }
         }
+        // Every version gets the key through LoadCredential= at start.
+        assert_eq!(
+            values(&service, "LoadCredential"),
+            [
+                format!("privkey.pem:{live}/privkey.pem"),
+                format!("fullchain.pem:{live}/fullchain.pem")
+            ]
+        );
+        assert!(
+            exec_start[0].contains("--key=${CREDENTIALS_DIRECTORY}/privkey.pem"),
+            "{service}"
+        );
+        assert!(exec_start[0].contains("--certificate=${CREDENTIALS_DIRECTORY}/fullchain.pem"));
+        assert!(values(&service, "ExecStartPre").is_empty());
         if version >= 260 {
-            assert_eq!(
-                values(&service, "LoadCredential"),
-                [
-                    format!("privkey.pem:{live}/privkey.pem"),
-                    format!("fullchain.pem:{live}/fullchain.pem")
-                ]
-            );
             assert_eq!(values(&service, "RefreshOnReload"), ["credentials"]);
             assert!(values(&service, "RuntimeDirectory").is_empty());
-            assert!(
-                exec_start[0].contains("--key=${CREDENTIALS_DIRECTORY}/privkey.pem"),
-                "{service}"
-            );
-            assert!(exec_start[0].contains("--certificate=${CREDENTIALS_DIRECTORY}/fullchain.pem"));
+            assert!(!exec_start[0].contains("--reload-credentials"), "{service}");
         } else {
-            assert!(values(&service, "LoadCredential").is_empty());
+            // Before 260 renewed files reach lunchd through the runtime
+            // directory, copied by ExecReload=+.
             assert!(values(&service, "RefreshOnReload").is_empty());
             assert_eq!(values(&service, "RuntimeDirectory"), ["lunchd"]);
-            assert_eq!(values(&service, "ExecStartPre"), [copy.as_str()]);
             assert!(
-                exec_start[0].contains("--key=${RUNTIME_DIRECTORY}/privkey.pem"),
+                exec_start[0].ends_with(" --reload-credentials=${RUNTIME_DIRECTORY}"),
                 "{service}"
             );
-            assert!(exec_start[0].contains("--certificate=${RUNTIME_DIRECTORY}/fullchain.pem"));
         }
         assert!(exec_start[0].starts_with("/usr/local/bin/lunchd --config=/etc/lunchd/lunchd.toml "));
 
@@ -319,4 +321,104 @@ fn units_verify_cleanly_and_the_sandbox_rates_safe() {
     let score: f64 = overall.split_whitespace().next().unwrap().parse().unwrap();
     assert!(score <= 0.5, "exposure {overall} is above 0.5:\n{stdout}");
     println!("systemd {version}: exposure {overall}");
+}
+
+/// The copy lunchd.service makes before systemd 260: from certbot's live
+/// directory (symlinks into archive/) into the runtime directory, mode 0400,
+/// owned by the runtime directory's owner, every time the source changes.
+#[test]
+fn copy_credentials_gives_the_runtime_directory_owner_a_private_copy() {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let live = dir.path().join("live");
+    let runtime = dir.path().join("run-lunchd");
+    for d in [&archive, &live, &runtime] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    let owner = if unsafe { libc::geteuid() } == 0 {
+        61234
+    } else {
+        std::fs::metadata(&runtime).unwrap().uid()
+    };
+    std::os::unix::fs::chown(&runtime, Some(owner), Some(owner)).unwrap();
+    let script = root().join("deploy/lunchd-copy-credentials");
+    let copy = || {
+        Command::new(&script)
+            .arg(&live)
+            .arg(&runtime)
+            .output()
+            .expect("running deploy/lunchd-copy-credentials")
+    };
+
+    for generation in 1..=2 {
+        for name in ["privkey", "fullchain"] {
+            let target = archive.join(format!("{name}{generation}.pem"));
+            std::fs::write(&target, format!("{name} {generation}\n")).unwrap();
+            let link = live.join(format!("{name}.pem"));
+            let _ = std::fs::remove_file(&link);
+            symlink(&target, &link).unwrap();
+        }
+        let out = copy();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for name in ["privkey", "fullchain"] {
+            let copied = runtime.join(format!("{name}.pem"));
+            let meta = std::fs::symlink_metadata(&copied).unwrap();
+            assert!(meta.file_type().is_file(), "{} is not a regular file", copied.display());
+            assert_eq!(meta.mode() & 0o7777, 0o400);
+            assert_eq!((meta.uid(), meta.gid()), (owner, owner));
+            assert_eq!(read(&copied), format!("{name} {generation}\n"));
+        }
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&runtime)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["fullchain.pem", "privkey.pem"], "temporary files left behind");
+
+    std::fs::remove_file(live.join("fullchain.pem")).unwrap();
+    let out = copy();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"), "{out:?}");
+    // A failed copy leaves the last good one in place.
+    assert_eq!(read(&runtime.join("fullchain.pem")), "fullchain 2\n");
+}
+
+/// The certbot hook reloads lunchd for lunchd's certificate (or when run by
+/// hand) and leaves it alone for other certificates on the host.
+#[test]
+fn certbot_hook_reloads_lunchd_for_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), 252);
+    let hook = dir.path().join("etc/letsencrypt/renewal-hooks/deploy/lunchd");
+    // A systemctl that records how it was called.
+    let bin = dir.path().join("fake-bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("systemctl.log");
+    let fake = bin.join("systemctl");
+    std::fs::write(&fake, format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+
+    let run = |lineage: Option<&str>| {
+        let mut command = Command::new(&hook);
+        command.env("PATH", &path).env_remove("RENEWED_LINEAGE");
+        if let Some(lineage) = lineage {
+            command.env("RENEWED_LINEAGE", lineage);
+        }
+        let _ = std::fs::remove_file(&log);
+        let status = command.status().unwrap();
+        assert!(status.success());
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let reload = "try-reload-or-restart lunchd.service\n";
+    assert_eq!(run(Some(&format!("/etc/letsencrypt/live/{DOMAIN}"))), reload);
+    assert_eq!(run(Some(&format!("/etc/letsencrypt/live/{DOMAIN}/"))), reload);
+    assert_eq!(run(None), reload);
+    assert_eq!(run(Some("/etc/letsencrypt/live/other.example")), "");
+    assert_eq!(run(Some(&format!("/etc/letsencrypt/live/{DOMAIN}.evil"))), "");
 }

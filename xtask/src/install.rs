@@ -9,8 +9,9 @@
 //!   `ExecReload=` (the credential copy) *before* it sends SIGHUP; 253 to 258
 //!   send the signal first, which would race the copy, so they keep
 //!   `Type=notify` and an `ExecReload=` that sends SIGHUP after copying.
-//! - 260 and later: `LoadCredential=` with `RefreshOnReload=credentials`
-//!   replaces the copy into the runtime directory.
+//! - 260 and later: `RefreshOnReload=credentials` makes `LoadCredential=`
+//!   copy the files again before every reload, which replaces the reload
+//!   copy into the runtime directory (and `--reload-credentials`).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -150,9 +151,9 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
 pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let prefix = absolute_prefix(&args.prefix)?;
     let to_root = args.destdir == Path::new("/");
-    if to_root && !args.dry_run {
+    if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
-        disable.args(["disable", "--now", SERVICE]).args(SOCKETS);
+        disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
         run(&mut disable)?;
     }
     let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
@@ -257,8 +258,8 @@ pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix:
         let exec_start = unit
             .lines()
             .find(|l| l.starts_with("ExecStart="))
-            .context("deploy/lunchd.service has no ExecStart=")?
-            .replace("${RUNTIME_DIRECTORY}", "${CREDENTIALS_DIRECTORY}");
+            .context("deploy/lunchd.service has no ExecStart=")?;
+        let exec_start = replace_all(exec_start, " --reload-credentials=${RUNTIME_DIRECTORY}", "")?;
         unit = format!(
             "{before}# Key and chain: systemd copies them from the root-only live directory,\n\
              # readable by the dynamic user only, at start and, with\n\
@@ -275,6 +276,7 @@ pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix:
             &helper,
             &format!("{prefix}/libexec/lunchd-copy-credentials {live} "),
         )?;
+        unit = replace_all(&unit, &format!(":{TEMPLATE_LIVE_DIR}/"), &format!(":{live}/"))?;
     }
     if version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD {
         unit = replace_all(&unit, "\nType=notify\n", "\nType=notify-reload\n")?;
@@ -473,10 +475,13 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     let stderr = output.stderr;
     let mut problems = Vec::new();
     for line in stderr.lines().filter(|l| l.contains("lunchd")) {
+        // What systemd-analyze 252 says about exactly these two settings.
         let newer = (version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD
-            && analyzer < NOTIFY_RELOAD_AFTER_EXEC_RELOAD
-            && line.contains("notify-reload"))
-            || (version >= REFRESH_ON_RELOAD && analyzer < REFRESH_ON_RELOAD && line.contains("RefreshOnReload"));
+            && analyzer < 253
+            && line.ends_with("Failed to parse service type, ignoring: notify-reload"))
+            || (version >= REFRESH_ON_RELOAD
+                && analyzer < REFRESH_ON_RELOAD
+                && line.ends_with("Unknown key 'RefreshOnReload' in section [Service], ignoring."));
         if newer {
             println!("note: systemd-analyze {analyzer} does not know a setting of systemd {version}: {line}");
         } else {
@@ -589,7 +594,8 @@ fn print_next_steps(domain: &str, to_root: bool) {
             leave {live}/privkey.pem and {live}/fullchain.pem.\n\
          2. edit /etc/lunchd/lunchd.toml, then check it: `lunchd check-config /etc/lunchd/lunchd.toml`.\n\
          3. `systemctl enable --now {} {}`: lunchd starts on the first connection.\n\
-         4. after a renewal the certbot hook runs `systemctl reload lunchd`; check with `systemctl status lunchd`.{}",
+         4. after a renewal the certbot hook runs `systemctl reload lunchd`; check with `systemctl status lunchd`.\n\
+         5. upgrading? `systemctl restart lunchd` starts the new binary and units; the sockets keep every client.{}",
         SOCKETS[0],
         SOCKETS[1],
         if to_root {
@@ -603,6 +609,51 @@ fn print_next_steps(domain: &str, to_root: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes the units for `version` with `edit` applied to the service
+    /// under a scratch destdir, and verifies them.
+    fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
+        let destdir = Scratch::new("verify-test").unwrap();
+        let binary = std::env::current_exe().unwrap();
+        let root = crate::project_root();
+        let mut files = plan(&root, &binary, "lunch.example", Path::new(TEMPLATE_PREFIX), version).unwrap();
+        for file in &mut files {
+            if let (true, Contents::Text(text)) = (file.path.ends_with(SERVICE), &mut file.contents) {
+                *text = edit(std::mem::take(text));
+            }
+            write_file(&destdir.0, file).unwrap();
+        }
+        verify(&destdir.0, &files, version)
+    }
+
+    #[test]
+    fn verify_passes_the_units_and_stops_on_a_problem_in_them() {
+        verify_edited(252, |unit| unit).unwrap();
+        let error = verify_edited(252, |unit| unit.replace("\nType=notify\n", "\nType=notifyy\n")).unwrap_err();
+        assert!(format!("{error:#}").contains("notifyy"), "{error:#}");
+        let error = verify_edited(252, |unit| unit.replace("ProtectHome=yes", "ProtectHomes=yes")).unwrap_err();
+        assert!(format!("{error:#}").contains("ProtectHomes"), "{error:#}");
+        let error = verify_edited(252, |unit| {
+            unit.replace("/usr/local/bin/lunchd --config", "/usr/local/bin/lunch --config")
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("/usr/local/bin/lunch"), "{error:#}");
+    }
+
+    #[test]
+    fn verify_tolerates_only_the_settings_of_a_newer_systemd() {
+        // Type=notify-reload and RefreshOnReload= are newer than the
+        // analyzer where it is 252; anything else still fails.
+        verify_edited(260, |unit| unit).unwrap();
+        let error = verify_edited(260, |unit| {
+            unit.replace(
+                "RefreshOnReload=credentials",
+                "RefreshOnReload=credentials\nRefreshOnReloadd=x",
+            )
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("RefreshOnReloadd"), "{error:#}");
+    }
 
     #[test]
     fn versions_from_systemctl() {

@@ -213,7 +213,7 @@ impl Lunchd {
             command.arg(format!("--setenv={key}={value}"));
         }
         command
-            .arg("--setenv=RUST_LOG=debug")
+            .arg("--setenv=RUST_LOG=debug,h2=info,rustls=info,hyper=info")
             .arg(LUNCHD)
             .args(&start.args)
             .stdin(Stdio::null())
