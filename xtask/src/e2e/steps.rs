@@ -16,8 +16,9 @@ const SERVICE: &str = "lunchd.service";
 const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 /// Where the clients inside the container find the test CA.
 const CA_PATH: &str = "/root/lunchd-e2e-ca.pem";
-/// The webroot docs/deploy.md configures for certbot and lunchd.
-const ACME_WEBROOT: &str = "/var/www/acme";
+/// docs/deploy.md, step 3: the commands that configure the ACME webroot.
+const CONFIGURE_WEBROOT: &str =
+    "sed -i 's|^#acme_webroot = |acme_webroot = |' /etc/lunchd/lunchd.toml && mkdir -p /var/lib/lunchd-acme";
 /// systemd's range of dynamic users (`DynamicUser=`).
 const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 /// The spacing of connection attempts under load.
@@ -84,7 +85,7 @@ pub(crate) fn walk(c: &Container, destdir: &Path, domain: &str) -> anyhow::Resul
         "broken certificate + reload: still active, old serial, reason shown",
         step_broken,
     );
-    runner.step(&world, "restart under load: zero refused", step_restart);
+    runner.step(&world, "restart under load: zero refused, zero lost", step_restart);
     runner.step(
         &world,
         "kill -9 under load: restarted, zero refused, waiting requests answered",
@@ -177,29 +178,23 @@ fn prepare<'a>(mut w: World<'a>, destdir: &Path, ca: &TestCa) -> anyhow::Result<
     install_certificate(w.c, w.domain, &w.first, 1)?;
     write(&root.join(CA_PATH.trim_start_matches('/')), ca.pem.as_bytes(), 0o644)?;
 
-    // As docs/deploy.md says: give lunchd the webroot certbot writes
-    // challenges to, unless the installed configuration already names one.
-    let config_path = root.join("etc/lunchd/lunchd.toml");
-    let config = std::fs::read_to_string(&config_path).with_context(|| {
-        format!(
-            "install-units installed no /etc/lunchd/lunchd.toml ({})",
-            config_path.display()
-        )
-    })?;
-    let mut table: toml::Table = config
-        .parse()
-        .context("parsing the installed /etc/lunchd/lunchd.toml")?;
-    let http = table
-        .entry("http")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .context("[http] in the installed configuration is not a table")?;
-    let webroot = http
-        .entry("acme_webroot")
-        .or_insert_with(|| toml::Value::String(ACME_WEBROOT.to_owned()));
-    w.webroot = PathBuf::from(webroot.as_str().context("http.acme_webroot is not a string")?);
-    write(&config_path, toml::to_string(&table)?.as_bytes(), 0o644)?;
-    std::fs::create_dir_all(root.join(w.webroot.strip_prefix("/").unwrap_or(&w.webroot)))?;
+    // docs/deploy.md, step 3, verbatim: uncomment acme_webroot in the
+    // installed example configuration, make the directory.
+    w.c.sh(CONFIGURE_WEBROOT)?;
+    let config = std::fs::read_to_string(root.join("etc/lunchd/lunchd.toml"))
+        .context("install-units installed no /etc/lunchd/lunchd.toml")?;
+    let table: toml::Table = config.parse().context("parsing /etc/lunchd/lunchd.toml")?;
+    w.webroot = table
+        .get("http")
+        .and_then(|h| h.get("acme_webroot"))
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+        .context("after docs/deploy.md's step 3, /etc/lunchd/lunchd.toml sets no [http] acme_webroot")?;
+    ensure!(
+        root.join(w.webroot.strip_prefix("/").unwrap_or(&w.webroot)).is_dir(),
+        "docs/deploy.md's step 3 does not create the configured webroot {}",
+        w.webroot.display()
+    );
 
     let hook = Path::new("etc/letsencrypt/renewal-hooks/deploy");
     if let Ok(entries) = std::fs::read_dir(destdir.join(hook)) {
@@ -670,12 +665,35 @@ fn step_renewal(w: &World<'_>) -> anyhow::Result<String> {
         "the connection opened before reload got {}",
         again.status
     );
-    let version = show(c, "ExecReload")?;
+    // Before systemd 260, the renewed key reached lunchd through the copy
+    // root made into its runtime directory (--reload-credentials).
+    let cmdline = c.run(&["cat", &format!("/proc/{pid}/cmdline")])?;
+    let how = match cmdline
+        .split('\0')
+        .find_map(|a| a.strip_prefix("--reload-credentials="))
+    {
+        Some(dir) => {
+            let key = format!("{dir}/privkey.pem");
+            let uid = c.run(&["stat", "--format", "%u", &format!("/proc/{pid}")])?;
+            let stat = c.run(&["stat", "--format", "%a %u", &key])?;
+            ensure!(
+                stat.trim() == format!("400 {}", uid.trim()),
+                "{key}: mode and owner `{}`, expected `400 {}`",
+                stat.trim(),
+                uid.trim()
+            );
+            ensure!(
+                c.run(&["cat", &key])? == w.renewed.key_pem,
+                "{key} does not hold the renewed key"
+            );
+            format!("the renewed key reached lunchd through {key} (mode 0400, its uid)")
+        }
+        None => "the renewed key reached lunchd through $CREDENTIALS_DIRECTORY".to_owned(),
+    };
     Ok(format!(
-        "serial {} -> {serial}, PID {pid} unchanged, the earlier keep-alive connection answered {}\nExecReload: {}",
+        "serial {} -> {serial}, PID {pid} unchanged, the earlier keep-alive connection answered {}\n{how}",
         w.first.serial,
         dish_of(&again.body)?,
-        version
     ))
 }
 
