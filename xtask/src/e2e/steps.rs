@@ -106,7 +106,7 @@ impl Runner {
     fn step(&mut self, w: &World<'_>, title: &str, f: fn(&World<'_>) -> anyhow::Result<String>) {
         let n = self.passed + self.failed.len() + 1;
         if crate::e2e::interrupted() {
-            self.failed.push(format!("{n}: {title} (interrupted)"));
+            self.failed.push(format!("{n}: not run (interrupted)"));
             return;
         }
         print!("e2e: [{n:2}] {title} ... ");
