@@ -32,6 +32,8 @@ struct World<'a> {
     first: Leaf,
     renewed: Leaf,
     broken: Leaf,
+    /// The renewal after the broken one, delivered by the deploy hook.
+    fixed: Leaf,
     webroot: PathBuf,
     /// The certbot deploy hook install-units installed, if any (path inside).
     deploy_hook: Option<PathBuf>,
@@ -48,6 +50,7 @@ pub(crate) fn walk(c: &Container, destdir: &Path, domain: &str) -> anyhow::Resul
         first: ca.issue(domain, 1)?,
         renewed: ca.issue(domain, 2)?,
         broken: ca.issue(domain, 3)?,
+        fixed: ca.issue(domain, 4)?,
         webroot: PathBuf::new(),
         deploy_hook: None,
     };
@@ -319,7 +322,7 @@ fn open_tls(w: &World<'_>) -> anyhow::Result<TlsConnection> {
 /// Which of our leaves a fresh handshake presents.
 fn served_serial(w: &World<'_>) -> anyhow::Result<String> {
     let der = open_tls(w)?.peer_certificate().context("no peer certificate")?;
-    Ok([&w.first, &w.renewed, &w.broken]
+    Ok([&w.first, &w.renewed, &w.broken, &w.fixed]
         .iter()
         .find(|l| l.der == der)
         .map_or_else(|| "an unknown certificate".to_owned(), |l| l.serial.clone()))
@@ -717,9 +720,9 @@ fn step_broken(w: &World<'_>) -> anyhow::Result<String> {
     let status = c.output(&["systemctl", "status", "--no-pager", "--full", SERVICE])?;
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
 
-    // Put the good certificate back, as the next successful renewal would,
-    // and deliver it the way certbot does: through the deploy hook.
-    install_certificate(c, w.domain, &w.renewed, 4)?;
+    // The next renewal succeeds, and certbot delivers it through the
+    // deploy hook.
+    install_certificate(c, w.domain, &w.fixed, 4)?;
     let restored = match &w.deploy_hook {
         Some(hook) => {
             let lineage = format!("/etc/letsencrypt/live/{}", w.domain);
@@ -729,15 +732,17 @@ fn step_broken(w: &World<'_>) -> anyhow::Result<String> {
                 &format!("RENEWED_DOMAINS={}", w.domain),
                 &hook.to_string_lossy(),
             ])
-            .map(|_| format!("restored through the deploy hook {}", hook.display()))
+            .map(|_| format!("delivered by the deploy hook {}", hook.display()))
         }
-        None => c
-            .run(&["systemctl", "reload", SERVICE])
-            .map(|_| "no deploy hook installed; restored with systemctl reload".to_owned()),
+        None => c.run(&["systemctl", "reload", SERVICE]).and_then(|_| {
+            Err(anyhow::anyhow!(
+                "install-units installed no certbot deploy hook in /etc/letsencrypt/renewal-hooks/deploy"
+            ))
+        }),
     };
 
     reload.context("`systemctl reload` itself must succeed; lunchd reports the problem")?;
-    let text = text?;
+    text?;
     ensure!(state == "active", "{SERVICE} is {state} after a failed reload");
     ensure!(now == pid, "the main PID changed from {pid} to {now}");
     ensure!(
@@ -750,14 +755,17 @@ fn step_broken(w: &World<'_>) -> anyhow::Result<String> {
         .find(|l| l.contains("Status:") && l.contains("reload failed"))
         .context("`systemctl status` does not show the failed reload")?;
     let restored = restored?;
-    wait_for(
-        "STATUS= to clear after the good certificate",
-        Duration::from_secs(10),
-        || Ok((!show(c, "StatusText")?.contains("reload failed")).then_some(())),
-    )?;
-    let _ = text;
+    let fixed = wait_for("the next renewal on new handshakes", Duration::from_secs(10), || {
+        let s = served_serial(w)?;
+        Ok((s == w.fixed.serial).then_some(s))
+    })?;
+    let text = show(c, "StatusText")?;
+    ensure!(
+        !text.contains("reload failed"),
+        "STATUS= still reports the failed reload: {text}"
+    );
     Ok(format!(
-        "still active, PID {pid}, serial {serial}\n{}\n{restored}",
+        "still active, PID {pid}, serial {serial}\n{}\nthe next renewal, serial {fixed}, {restored}",
         line.trim()
     ))
 }
