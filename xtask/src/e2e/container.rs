@@ -126,8 +126,7 @@ fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
             match std::fs::remove_dir(d) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if attempt < 50 => {
-                    let _ = e;
+                Err(_) if attempt < 50 => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -311,8 +310,8 @@ exec systemd-nspawn "$@""#;
         })
     }
 
-    /// Powers the container off and removes what the boot created. Returns
-    /// what could not be cleaned up.
+    /// Powers the container off and removes what the boot created; fails
+    /// naming what could not be cleaned up.
     pub(crate) fn shut_down(mut self) -> anyhow::Result<()> {
         self.teardown()
     }
