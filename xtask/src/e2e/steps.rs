@@ -94,7 +94,11 @@ pub(crate) fn walk(c: &Container, destdir: &Path, domain: &str) -> anyhow::Resul
         "kill -9 under load: restarted, zero refused, waiting requests answered",
         step_kill,
     );
-    runner.step(&world, "systemd-analyze security: exposure <= 0.5", step_security);
+    runner.step(
+        &world,
+        "systemd-analyze security: exposure <= 0.5, and the sandbox in effect",
+        step_security,
+    );
     runner.step(&world, "journal lines without double timestamps", step_journal);
     runner.finish()
 }
@@ -865,7 +869,39 @@ fn step_security(w: &World<'_>) -> anyhow::Result<String> {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    Ok(line.trim().to_owned())
+
+    // The score reads the unit file; the running process shows that the
+    // sandbox took effect.
+    let pid = main_pid(w.c)?;
+    let status = w.c.run(&["cat", &format!("/proc/{pid}/status")])?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for (name, expected) in [
+        ("CapEff:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+        ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
+    ] {
+        let got = field(name);
+        ensure!(got == expected, "lunchd's {name} is {got}, expected {expected}");
+    }
+    let links =
+        w.c.run(&["nsenter", &format!("--target={pid}"), "--net", "--", "ip", "-o", "link"])?;
+    let names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    ensure!(
+        names == ["lo"],
+        "lunchd's network namespace has links {names:?}, expected only lo"
+    );
+    Ok(format!(
+        "{}\nrunning: no capabilities, no_new_privs, a seccomp filter, a network namespace with only lo",
+        line.trim()
+    ))
 }
 
 fn step_journal(w: &World<'_>) -> anyhow::Result<String> {
