@@ -758,6 +758,10 @@ fn step_broken(w: &World<'_>) -> anyhow::Result<String> {
         .lines()
         .find(|l| l.contains("Status:") && l.contains("reload failed"))
         .context("`systemctl status` does not show the failed reload")?;
+    ensure!(
+        line.contains("fullchain.pem"),
+        "the reason does not name the broken file: {line}"
+    );
     let restored = restored?;
     let fixed = wait_for("the next renewal on new handshakes", Duration::from_secs(10), || {
         let s = served_serial(w)?;
