@@ -16,7 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
@@ -190,6 +190,7 @@ impl Server {
         let conn = Arc::new(Connection::new(router, &limits, tls));
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
+        let (stopping_tx, stopping) = watch::channel(false);
         let mut shutdown = pin!(shutdown);
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let mut full_since_warned = false;
@@ -211,6 +212,7 @@ impl Server {
                             conn: Arc::clone(&conn),
                             stats: Arc::clone(&stats),
                             watcher: graceful.watcher(),
+                            stopping: stopping.clone(),
                             _permit: permit.take(),
                         };
                         tokio::spawn(task.run(stream, peer));
@@ -229,6 +231,7 @@ impl Server {
             }
         }
         drop(listener);
+        let _ = stopping_tx.send(true);
         let open = stats.active.load(Ordering::Relaxed);
         if open > 0 {
             tracing::info!(server = name, open, "draining connections");
@@ -265,6 +268,7 @@ struct Connection {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    header_timeout: Duration,
     idle_timeout: Duration,
 }
 
@@ -291,6 +295,7 @@ impl Connection {
             http1,
             http2,
             handshake_timeout: limits.handshake_timeout,
+            header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
         }
     }
@@ -299,7 +304,10 @@ impl Connection {
 struct ConnectionTask {
     conn: Arc<Connection>,
     stats: Arc<Stats>,
+    /// Held until the connection ends, so that the drain waits for it.
     watcher: Watcher,
+    /// Becomes true when the server stops accepting.
+    stopping: watch::Receiver<bool>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -312,8 +320,7 @@ impl ConnectionTask {
         match &conn.tls {
             None => {
                 let io = TokioIo::new(IdleTimeout::new(stream, conn.idle_timeout));
-                let served = self.watcher.watch(conn.http1.serve_connection(io, service));
-                if let Err(e) = served.await {
+                if let Err(e) = serve_http1(&conn, io, service, self.stopping).await {
                     tracing::debug!(%peer, "http connection ended: {e}");
                 }
             }
@@ -324,7 +331,7 @@ impl ConnectionTask {
                     let served = if h2 {
                         self.watcher.watch(conn.http2.serve_connection(io, service)).await
                     } else {
-                        self.watcher.watch(conn.http1.serve_connection(io, service)).await
+                        serve_http1(&conn, io, service, self.stopping).await
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, "https connection ended: {e}");
@@ -345,6 +352,48 @@ impl ConnectionTask {
             },
         }
     }
+}
+
+/// How long a connection that has not delivered its first request yet is
+/// given for it when the server stops: enough for a request in transit
+/// (a round trip or two), short enough that a client that connected and
+/// stays silent, such as a browser's preconnect, does not hold up a restart.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves one HTTP/1 connection; when the server stops, shuts it down
+/// gracefully. A connection that has not yet delivered a request first gets
+/// [`FIRST_REQUEST_GRACE`] (at most the header timeout) for it: its client
+/// has sent the request, or is sending it, and closing the connection as
+/// idle would lose it (a restart right after a client connected). HTTP/2
+/// needs no such wait: its GOAWAY tells the client which requests were not
+/// served.
+async fn serve_http1<I>(
+    conn: &Connection,
+    io: I,
+    service: TowerToHyperService<Router>,
+    mut stopping: watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let request_seen = Arc::new(Notify::new());
+    let seen = Arc::clone(&request_seen);
+    let service = hyper::service::service_fn(move |request| {
+        seen.notify_one();
+        hyper::service::Service::call(&service, request)
+    });
+    let mut served = pin!(conn.http1.serve_connection(io, service));
+    let stop = async {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        let grace = conn.header_timeout.min(FIRST_REQUEST_GRACE);
+        let _ = timeout(grace, request_seen.notified()).await;
+    };
+    tokio::select! {
+        result = served.as_mut() => return result,
+        () = stop => {}
+    }
+    served.as_mut().graceful_shutdown();
+    served.await
 }
 
 /// Counts a connection as open for as long as it lives, however its task

@@ -367,9 +367,21 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn bad_pem(path: &Path, e: pem::Error) -> CertificateError {
+    // The parser shows labels and lines as lists of byte values; this
+    // message ends up in `systemctl status`.
+    let message = match &e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!("the {label} block has no `-----END {label}-----` line; the file is cut short")
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        _ => e.to_string(),
+    };
     CertificateError::BadPem {
         path: path.to_owned(),
-        message: e.to_string(),
+        message,
     }
 }
 
@@ -469,6 +481,20 @@ mod tests {
         assert!(!name_matches("*.example.com", ".example.com"));
         assert!(name_matches("example.com", "example.com"));
         assert!(!name_matches("example.com", "example.co"));
+    }
+
+    #[test]
+    fn a_cut_short_pem_file_is_named_in_words() {
+        let e = parse_chain(
+            b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n",
+            Path::new("fullchain.pem"),
+        )
+        .expect_err("a truncated chain must be refused");
+        assert_eq!(
+            e.to_string(),
+            "fullchain.pem is not valid PEM: the CERTIFICATE block has no `-----END CERTIFICATE-----` line; \
+             the file is cut short"
+        );
     }
 
     #[test]
