@@ -590,8 +590,10 @@ fn print_next_steps(domain: &str, to_root: bool) {
     let live = live_dir(domain);
     println!(
         "\nnext steps:\n\
-         1. the certificate: `certbot certonly --webroot -w <acme webroot> -d {domain}` (or any other way) must\n   \
-            leave {live}/privkey.pem and {live}/fullchain.pem.\n\
+         1. the first certificate, before lunchd can start: `certbot certonly --standalone -d {domain}` (port 80\n   \
+            still free) must leave {live}/privkey.pem and {live}/fullchain.pem; then switch renewals to lunchd's\n   \
+            ACME webroot with `certbot certonly --webroot -w <[http] acme_webroot> -d {domain} --force-renewal`\n   \
+            once lunchd runs (docs/deploy.md).\n\
          2. edit /etc/lunchd/lunchd.toml, then check it: `lunchd check-config /etc/lunchd/lunchd.toml`.\n\
          3. `systemctl enable --now {} {}`: lunchd starts on the first connection.\n\
          4. after a renewal the certbot hook runs `systemctl reload lunchd`; check with `systemctl status lunchd`.\n\
