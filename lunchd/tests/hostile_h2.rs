@@ -1,0 +1,220 @@
+//! HTTP/2 attacks driven frame by frame over TLS with ALPN `h2`: rapid
+//! reset (CVE-2023-44487) and CONTINUATION floods (CVE-2024-27316 and
+//! kin). The attacking connection is torn down; the server keeps serving.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{Served, tls_stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+const CANCEL: u32 = 0x8;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK integer with an `n`-bit prefix whose other bits are `first`.
+fn hpack_int(value: usize, n: u32, first: u8, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// A literal header field without indexing, with a literal name.
+fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
+    out.push(0x00);
+    hpack_int(name.len(), 7, 0, out);
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(value.len(), 7, 0, out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// `GET https://localhost/healthz` as an HPACK block.
+fn get_healthz() -> Vec<u8> {
+    // :method GET, :scheme https (static table), then :path and
+    // :authority as literals with indexed names.
+    let mut block = vec![0x82, 0x87];
+    block.push(0x04);
+    hpack_int(8, 7, 0, &mut block);
+    block.extend_from_slice(b"/healthz");
+    block.push(0x01);
+    hpack_int(9, 7, 0, &mut block);
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+/// What the server sent on an attacking connection.
+#[derive(Debug, Default)]
+struct Seen {
+    goaway: Option<u32>,
+    headers: usize,
+    closed: bool,
+}
+
+/// Reads frames until GOAWAY, end of stream, or 20 s.
+async fn read_frames(reader: &mut (impl AsyncRead + Unpin)) -> Seen {
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, reader.read_exact(&mut head)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                seen.closed = true;
+                return seen;
+            }
+            Err(_) => return seen,
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if !matches!(
+            tokio::time::timeout_at(deadline, reader.read_exact(&mut payload)).await,
+            Ok(Ok(_))
+        ) {
+            seen.closed = true;
+            return seen;
+        }
+        match head[3] {
+            HEADERS => seen.headers += 1,
+            GOAWAY if payload.len() >= 8 => {
+                seen.goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                return seen;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Opens an h2 connection and exchanges settings.
+async fn h2(served: &Served) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = tls_stream(served.https(), served.ca.client_config(&[b"h2"])).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+        .await
+        .unwrap();
+    // The server's SETTINGS come first; acknowledge them.
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], SETTINGS);
+    let len = (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.unwrap();
+    tls.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+    tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_gets_goaway() {
+    let served = Served::start("", "").await;
+    let mut tls = h2(&served).await;
+
+    // A stream answered normally first: the hand-made frames are right.
+    tls.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_healthz()))
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    loop {
+        tls.read_exact(&mut head).await.unwrap();
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).await.unwrap();
+        if head[3] == HEADERS {
+            // :status 200 is index 8 of the static table.
+            assert_eq!(payload.first(), Some(&0x88), "{payload:?}");
+            break;
+        }
+    }
+
+    // Then thousands of requests, each cancelled as soon as it is sent.
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let attack = tokio::spawn(async move {
+        let block = get_healthz();
+        for batch in 0..50u32 {
+            let mut bytes = Vec::new();
+            for i in 0..100u32 {
+                let stream = 3 + 2 * (batch * 100 + i);
+                bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream, &block));
+                bytes.extend(frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()));
+            }
+            if writer.write_all(&bytes).await.is_err() {
+                return batch;
+            }
+        }
+        50
+    });
+    let seen = read_frames(&mut reader).await;
+    let batches = attack.await.unwrap();
+    eprintln!("rapid reset: {seen:?} after {batches} batches of 100");
+    // hyper's max_pending_accept_reset_streams: ENHANCE_YOUR_CALM (0xb).
+    assert_eq!(
+        seen.goaway,
+        Some(0xb),
+        "{seen:?} after {batches} batches of 100\n{}",
+        served.lunchd.log()
+    );
+    assert!(seen.headers < 5000, "{seen:?}");
+    served.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_is_cut_off() {
+    let served = Served::start("", "").await;
+    let tls = h2(&served).await;
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&sent);
+    let attack = tokio::spawn(async move {
+        // A HEADERS frame that never ends, followed by CONTINUATION frames
+        // of 1 KiB header fields: 16 MiB in all if nothing stops it.
+        let mut start = get_healthz();
+        literal("x-first", "a", &mut start);
+        if writer.write_all(&frame(HEADERS, END_STREAM, 1, &start)).await.is_err() {
+            return;
+        }
+        let mut block = Vec::new();
+        literal("x-flood", &"a".repeat(1000), &mut block);
+        let batch = frame(CONTINUATION, 0, 1, &block).repeat(16);
+        for _ in 0..1024 {
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+            counter.fetch_add(16, Ordering::Relaxed);
+        }
+    });
+    let seen = read_frames(&mut reader).await;
+    attack.abort();
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("CONTINUATION flood: {seen:?} after {sent} frames");
+    assert!(
+        seen.goaway.is_some() || seen.closed,
+        "the connection survived {sent} CONTINUATION frames: {seen:?}"
+    );
+    assert_eq!(seen.headers, 0, "{seen:?}");
+    served.assert_healthy().await;
+}
