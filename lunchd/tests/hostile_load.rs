@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Served, client_hello, eventually, fd_count, rss_kib};
+use support::{Served, client_hello, eventually, fd_count, rss_kib, settled_fd_count};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,13 +100,7 @@ async fn a_connection_flood_is_bounded_and_recovers() {
     )
     .await;
     let pid = served.lunchd.pid();
-    // The connections of the start-up check close first.
-    let settled = eventually(Duration::from_secs(20), || async {
-        let fds = fd_count(pid);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        (fd_count(pid) == fds).then_some(fds)
-    });
-    let fds_before = settled.await;
+    let fds_before = settled_fd_count(pid).await;
     let rss_before = rss_kib(pid);
 
     // Ten times the limit on each port, holding every connection open.

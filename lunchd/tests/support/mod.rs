@@ -648,3 +648,14 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// Open descriptors of process `pid` once the count holds still for 100 ms
+/// (connections closed a moment ago are released first).
+pub async fn settled_fd_count(pid: i32) -> usize {
+    eventually(Duration::from_secs(20), || async {
+        let fds = fd_count(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (fd_count(pid) == fds).then_some(fds)
+    })
+    .await
+}
