@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rcgen::date_time_ymd;
-use support::{
-    Leaf, Served, TestCa, eventually, exchange_one, fd_count, served_config, settled_fd_count, write_atomic,
-};
+use support::{Leaf, Served, TestCa, eventually, exchange_one, served_config, write_atomic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A broken key/chain pair, and what the error must say.
@@ -462,14 +460,6 @@ async fn a_sighup_storm_under_load_fails_no_request() {
     served.assert_healthy().await;
 }
 
-/// Waits until lunchd holds `n` more descriptors than `base`.
-async fn accepted(pid: i32, base: usize, n: usize) {
-    eventually(Duration::from_secs(10), || async {
-        (fd_count(pid) >= base + n).then_some(())
-    })
-    .await;
-}
-
 /// Whether the server's end of the loopback connection from `client` to
 /// `server` has been read empty (`/proc/net/tcp`'s rx_queue is 0).
 fn server_read_everything(server: u16, client: u16) -> bool {
@@ -533,13 +523,15 @@ async fn sigterm_finishes_the_request_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_a_stuck_request_the_drain_deadline() {
     let mut served = Served::start("drain_timeout = 1\nheader_timeout = 30", "").await;
-    let pid = served.lunchd.pid();
-    let base = settled_fd_count(pid).await;
     let mut stuck = tokio::net::TcpStream::connect(("127.0.0.1", served.http()))
         .await
         .unwrap();
     stuck.write_all(b"GET / HTTP/1.1\r\nHost: lunch.").await.unwrap();
-    accepted(pid, base, 1).await;
+    let (http, client) = (served.http(), stuck.local_addr().unwrap().port());
+    eventually(Duration::from_secs(10), || async {
+        server_read_everything(http, client).then_some(())
+    })
+    .await;
     served.lunchd.signal(libc::SIGTERM);
     assert_eq!(served.lunchd.wait_exit(Duration::from_secs(20)), Some(0));
     let log = served.lunchd.log();
@@ -550,4 +542,42 @@ async fn sigterm_gives_a_stuck_request_the_drain_deadline() {
     let mut rest = Vec::new();
     let _ = stuck.read_to_end(&mut rest).await;
     served.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_other_names_is_refused() {
+    // At start: the redirect's canonical host must be on the certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (key, chain) = support::write_leaf(dir.path(), &ca.issue(&["other.test"], 1));
+    let config = config_for(dir.path(), &key, &chain);
+    for extra in [
+        "canonical_host = \"lunch.test\"",
+        "allowed_hosts = [\"other.test\", \"*.lunch.test\"]",
+    ] {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace("[http]\n", &format!("[http]\n{extra}\n"));
+        let with = dir.path().join("names.toml");
+        std::fs::write(&with, text).unwrap();
+        let (code, stderr) = run_lunchd(&[format!("--config={}", with.display())], false);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the certificate in {} is for other.test but not `",
+                chain.display()
+            )),
+            "{stderr}"
+        );
+    }
+
+    // At reload: the previous certificate stays.
+    let served = Served::start("", "[http]\ncanonical_host = \"lunch.test\"\n").await;
+    support::write_leaf(served.dir.path(), &served.ca.issue(&["other.test"], 12));
+    served.lunchd.signal(libc::SIGHUP);
+    served.lunchd.wait_log(
+        "is for other.test but not `lunch.test` ([http] canonical_host)",
+        Duration::from_secs(10),
+    );
+    assert_eq!(serial(&served).await, served.leaf.serial);
+    served.assert_healthy().await;
 }
