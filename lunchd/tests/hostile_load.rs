@@ -59,7 +59,9 @@ async fn slow_client(port: u16, how: Slow, hello: Vec<u8>, connected: tokio::syn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_off_while_others_are_served() {
-    let served = Served::start("header_timeout = 2\nhandshake_timeout = 2\nidle_timeout = 5", "").await;
+    let served = Served::start("header_timeout = 3\nhandshake_timeout = 3\nidle_timeout = 5", "").await;
+    let pid = served.lunchd.pid();
+    let base = settled_fd_count(pid).await;
     let hello = client_hello(served.ca.client_config(&[b"h2"]));
     let (connected_tx, mut connected) = tokio::sync::mpsc::channel(1024);
     let mut slow = tokio::task::JoinSet::new();
@@ -73,11 +75,17 @@ async fn slowloris_is_cut_off_while_others_are_served() {
             count += 1;
         }
     }
+    drop(connected_tx);
     for _ in 0..count {
         connected.recv().await.expect("a slow client could not connect");
     }
+    // lunchd holds them all...
+    eventually(Duration::from_secs(20), || async {
+        (fd_count(pid) >= base + count).then_some(())
+    })
+    .await;
 
-    // While the slow clients hold their connections, others get answers.
+    // ...and meanwhile others get answers.
     for _ in 0..5 {
         served.assert_healthy().await;
     }
