@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let path = dir.join(token);
     assert_eq!(path.parent(), Some(dir), "{token:?} leaves the challenge directory");
     assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(token));
-    assert!(matches!(Path::new(token).components().collect::<Vec<_>>()[..], [Component::Normal(_)]));
+    assert!(matches!(
+        Path::new(token).components().collect::<Vec<_>>()[..],
+        [Component::Normal(_)]
+    ));
     assert!(!token.contains(['/', '\\', '.', '%', '\0']), "{token:?}");
 });

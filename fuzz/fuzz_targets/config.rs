@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
             for e in &errors.0 {
                 assert!(!e.message.is_empty(), "an error without a message: {e:?}");
                 if let Some((line, column)) = e.position {
-                    assert!((1..=lines).contains(&line) && column >= 1, "position out of the file: {e:?}");
+                    assert!(
+                        (1..=lines).contains(&line) && column >= 1,
+                        "position out of the file: {e:?}"
+                    );
                 }
             }
             let _ = errors.to_string();

@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(names.len(), count);
             assert_eq!(names.join(":"), env.names.unwrap());
             if let Some(pid) = env.pid.filter(|p| !p.is_empty()) {
-                assert_eq!(pid.parse::<u32>().ok(), Some(OUR_PID), "a foreign LISTEN_PID was accepted");
+                assert_eq!(
+                    pid.parse::<u32>().ok(),
+                    Some(OUR_PID),
+                    "a foreign LISTEN_PID was accepted"
+                );
             }
             for expect in [Expect::Both, Expect::HttpsOnly] {
                 match map_names(&names, expect) {

@@ -44,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
     if let Some(n) = normalise_host(host) {
         assert!(!n.is_empty() && n.len() <= 253, "{host:?} -> {n:?}");
         assert!(
-            n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b)),
+            n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b)),
             "{host:?} -> {n:?}"
         );
         if n.contains(':') {
@@ -59,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(location) = redirect_target(&policy, Some(host), target) else {
         return;
     };
-    assert!(HeaderValue::from_str(&location).is_ok(), "{location:?} is not a header value");
+    assert!(
+        HeaderValue::from_str(&location).is_ok(),
+        "{location:?} is not a header value"
+    );
     let rest = location.strip_prefix("https://").expect("an https URL");
     let slash = rest.find('/').expect("a path");
     let (authority, path) = rest.split_at(slash);
@@ -71,13 +75,21 @@ fuzz_target!(|data: &[u8]| {
             .strip_suffix(&format!(":{port}"))
             .unwrap_or_else(|| panic!("no port in {location:?}")),
     };
-    let named = named.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(named);
+    let named = named
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(named);
     assert!(
         allowed(named) || policy.canonical.as_deref() == Some(named),
         "{host:?} led to a redirect to {named:?}"
     );
     // A URL parser finds the same host.
     let origin = format!("https://{authority}/");
-    let uri: Uri = origin.parse().unwrap_or_else(|e| panic!("{origin:?} is not a URI: {e}"));
-    assert_eq!(uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')), Some(named));
+    let uri: Uri = origin
+        .parse()
+        .unwrap_or_else(|e| panic!("{origin:?} is not a URI: {e}"));
+    assert_eq!(
+        uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')),
+        Some(named)
+    );
 });
