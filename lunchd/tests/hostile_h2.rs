@@ -15,6 +15,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -216,5 +217,39 @@ async fn continuation_flood_is_cut_off() {
         "the connection survived {sent} CONTINUATION frames: {seen:?}"
     );
     assert_eq!(seen.headers, 0, "{seen:?}");
+    served.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_that_answers_pings_is_closed() {
+    // Longer than the 30 s between PINGs that HTTP/2 servers commonly send
+    // to idle connections: an answered PING must not count as activity.
+    let served = Served::start("idle_timeout = 31", "").await;
+    let mut tls = h2(&served).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+    let mut pings = 0;
+    let ended = loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, tls.read_exact(&mut head)).await {
+            Err(_) => break false,
+            Ok(Err(_)) => break true,
+            Ok(Ok(_)) => {}
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if tls.read_exact(&mut payload).await.is_err() {
+            break true;
+        }
+        match head[3] {
+            GOAWAY => break true,
+            // Answered, as browsers do.
+            PING if head[4] & ACK == 0 => {
+                pings += 1;
+                let _ = tls.write_all(&frame(PING, ACK, 0, &payload)).await;
+            }
+            _ => {}
+        }
+    };
+    assert!(ended, "an idle HTTP/2 connection stayed open ({pings} PINGs answered)");
     served.assert_healthy().await;
 }
