@@ -22,6 +22,8 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
 const CANCEL: u32 = 0x8;
+const REFUSED_STREAM: u32 = 0x7;
+const DATA: u8 = 0x0;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -251,5 +253,121 @@ async fn an_idle_connection_that_answers_pings_is_closed() {
         }
     };
     assert!(ended, "an idle HTTP/2 connection stayed open ({pings} PINGs answered)");
+    served.assert_healthy().await;
+}
+
+/// Reads frames for `wanted` or 20 s, returning `(type, stream, payload)` of
+/// each; stops early at GOAWAY or end of stream.
+async fn frames_until(
+    reader: &mut (impl AsyncRead + Unpin),
+    mut wanted: impl FnMut(&[(u8, u32, Vec<u8>)]) -> bool,
+) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !wanted(&frames) {
+        let mut head = [0u8; 9];
+        if !matches!(
+            tokio::time::timeout_at(deadline, reader.read_exact(&mut head)).await,
+            Ok(Ok(_))
+        ) {
+            break;
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if !matches!(
+            tokio::time::timeout_at(deadline, reader.read_exact(&mut payload)).await,
+            Ok(Ok(_))
+        ) {
+            break;
+        }
+        let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let kind = head[3];
+        frames.push((kind, stream, payload));
+        if kind == GOAWAY {
+            break;
+        }
+    }
+    frames
+}
+
+fn refused(frames: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
+    frames
+        .iter()
+        .any(|(kind, s, payload)| *kind == RST_STREAM && *s == stream && payload[..] == REFUSED_STREAM.to_be_bytes())
+}
+
+fn answered_ok(frames: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
+    frames
+        .iter()
+        .any(|(kind, s, payload)| *kind == HEADERS && *s == stream && payload.first() == Some(&0x88))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_list_is_refused_on_its_stream() {
+    let served = Served::start("", "").await;
+    let mut tls = h2(&served).await;
+    // 20 KiB of headers (the limit is 16 KiB), in frames of the default
+    // maximum size.
+    let mut block = get_healthz();
+    for i in 0..20 {
+        literal(&format!("x-big-{i}"), &"a".repeat(1000), &mut block);
+    }
+    let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    let mut bytes = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { END_HEADERS } else { 0 };
+        match i {
+            0 => bytes.extend(frame(HEADERS, END_STREAM | last, 1, chunk)),
+            _ => bytes.extend(frame(CONTINUATION, last, 1, chunk)),
+        }
+    }
+    // Then a normal request on the same connection.
+    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_healthz()));
+    tls.write_all(&bytes).await.unwrap();
+    // h2 answers 431 on the stream (not 200), and the connection goes on.
+    let refused_or_431 = |f: &[(u8, u32, Vec<u8>)]| {
+        refused(f, 1)
+            || f.iter()
+                .any(|(kind, s, p)| *kind == HEADERS && *s == 1 && p.first() != Some(&0x88))
+    };
+    let frames = frames_until(&mut tls, |f| refused_or_431(f) && answered_ok(f, 3)).await;
+    assert!(refused_or_431(&frames), "{frames:?}");
+    assert!(!answered_ok(&frames, 1), "{frames:?}");
+    assert!(answered_ok(&frames, 3), "{frames:?}");
+    served.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_max_streams_are_refused() {
+    let served = Served::start("max_streams = 10", "").await;
+    let mut tls = h2(&served).await;
+    // Twenty requests whose bodies never come: each stream stays open.
+    let mut bytes = Vec::new();
+    for i in 0..20u32 {
+        bytes.extend(frame(HEADERS, END_HEADERS, 1 + 2 * i, &get_healthz()));
+    }
+    tls.write_all(&bytes).await.unwrap();
+    let refusals = |f: &[(u8, u32, Vec<u8>)]| (0..20u32).filter(|i| refused(f, 1 + 2 * i)).count();
+    let frames = frames_until(&mut tls, |f| refusals(f) >= 10).await;
+    assert_eq!(refusals(&frames), 10, "{frames:?}");
+    assert!((0..10u32).all(|i| !refused(&frames, 1 + 2 * i)), "{frames:?}");
+    // Ending the open streams gets them answered and frees them for new ones.
+    let mut bytes = Vec::new();
+    for i in 0..10u32 {
+        bytes.extend(frame(DATA, END_STREAM, 1 + 2 * i, &[]));
+    }
+    tls.write_all(&bytes).await.unwrap();
+    let all_answered = |f: &[(u8, u32, Vec<u8>)]| (0..10u32).all(|i| answered_ok(f, 1 + 2 * i));
+    let mut frames = frames
+        .into_iter()
+        .filter(|(kind, ..)| *kind == HEADERS)
+        .collect::<Vec<_>>();
+    frames.extend(frames_until(&mut tls, |f| all_answered(&[&frames[..], f].concat())).await);
+    assert!(all_answered(&frames), "{frames:?}");
+    tls.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 41, &get_healthz()))
+        .await
+        .unwrap();
+    let frames = frames_until(&mut tls, |f| answered_ok(f, 41)).await;
+    assert!(answered_ok(&frames, 41), "{frames:?}");
     served.assert_healthy().await;
 }
