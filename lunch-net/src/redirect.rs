@@ -93,7 +93,7 @@ async fn handle(State(policy): State<SharedPolicy>, request: Request) -> Respons
             };
             let location = HeaderValue::from_str(&location)
                 .unwrap_or_else(|_| unreachable!("redirect targets are built from checked ASCII"));
-            (status, [(header::LOCATION, location)], "").into_response()
+            (status, [(header::LOCATION, location)], Body::empty()).into_response()
         }
         Err(e) => (
             StatusCode::BAD_REQUEST,

@@ -306,7 +306,7 @@ struct ConnectionTask {
 
 impl ConnectionTask {
     async fn run(self, stream: TcpStream, peer: SocketAddr) {
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenConnection::new(&self.stats);
         let _ = stream.set_nodelay(true);
         let conn = Arc::clone(&self.conn);
         let service = TowerToHyperService::new(conn.router.clone());
@@ -345,7 +345,23 @@ impl ConnectionTask {
                 }
             },
         }
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a connection as open for as long as it lives, however its task
+/// ends.
+struct OpenConnection(Arc<Stats>);
+
+impl OpenConnection {
+    fn new(stats: &Arc<Stats>) -> OpenConnection {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(stats))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -28,6 +28,14 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", requires = "key")]
     pub certificate: Option<PathBuf>,
 
+    /// On reload, read the key and certificate from files of the same
+    /// names in DIR when both are there, else from --key and
+    /// --certificate again. For systemd before 260, whose LoadCredential=
+    /// copies files only at start: the unit's ExecReload= copies renewed
+    /// files into DIR, its RuntimeDirectory.
+    #[arg(long, value_name = "DIR", requires = "key")]
+    pub reload_credentials: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

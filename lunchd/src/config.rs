@@ -693,4 +693,57 @@ mod tests {
         assert_eq!(parse_utc_offset("++1:00"), None);
         assert_eq!(parse_utc_offset("+01:+5"), None);
     }
+
+    /// The keys serde accepts in `section`, read from its "unknown field"
+    /// message, so this list cannot fall behind the structs.
+    fn keys_of(section: &str) -> Vec<String> {
+        let source = format!("{section}\nzzz_unknown = 1\n");
+        let errors = parse(&source, Path::new("x.toml")).unwrap_err();
+        let message = &errors.0[0].message;
+        let expected = message
+            .split_once("expected one of ")
+            .or_else(|| message.split_once("expected "))
+            .map_or(message.as_str(), |(_, rest)| rest);
+        expected.split(", ").map(|k| k.trim_matches('`').to_owned()).collect()
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let docs = include_str!("../../docs/configuration.md");
+        let example = include_str!("../../deploy/lunchd.toml");
+        for section in [
+            "",
+            "[picker]",
+            "[[dish]]\nname = \"x\"",
+            "[http]",
+            "[https]",
+            "[limits]",
+            "[log]",
+        ] {
+            let keys = keys_of(section);
+            assert!(
+                !keys.is_empty() && keys.iter().all(|k| !k.contains(' ')),
+                "{section}: {keys:?}"
+            );
+            for key in keys {
+                if section.is_empty() {
+                    assert!(
+                        docs.contains(&format!("## `[{key}]`"))
+                            || docs.contains(&format!("## `[[{key}]]`"))
+                            || docs.contains(&format!("## `[{key}]`:")),
+                        "section {key} undocumented"
+                    );
+                    continue;
+                }
+                assert!(
+                    docs.contains(&format!("| `{key}` |")),
+                    "{section} {key} missing in docs/configuration.md"
+                );
+                assert!(
+                    example.contains(&format!("{key} =")),
+                    "{section} {key} missing in deploy/lunchd.toml"
+                );
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The running daemon: both servers, signals, reload and readiness.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub struct Setup {
     pub config_path: Option<PathBuf>,
     /// Key and chain from the command line, which win over the file.
     pub cli_files: Option<CertificateFiles>,
+    /// Where refreshed copies of the command line's key and chain may
+    /// appear before a reload (`--reload-credentials`).
+    pub reload_dir: Option<PathBuf>,
     /// The listener of the redirect server.
     pub http: Option<TcpListener>,
     /// The listener of the TLS server.
@@ -81,6 +84,7 @@ pub fn check_names(config: &Config, certificate: &LoadedCertificate) -> anyhow::
 struct Daemon {
     config_path: Option<PathBuf>,
     cli_files: Option<CertificateFiles>,
+    reload_dir: Option<PathBuf>,
     store: Arc<CertificateStore>,
     lunch: SharedLunch,
     policy: SharedPolicy,
@@ -94,6 +98,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         config,
         config_path,
         cli_files,
+        reload_dir,
         http,
         https,
         activated,
@@ -154,16 +159,22 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     let daemon = Daemon {
         config_path,
         cli_files,
+        reload_dir,
         store,
         lunch,
         policy,
         https_port,
         listeners,
     };
-    notify::ready(&daemon.status(None));
-    if let Some(interval) = sd_notify::watchdog_enabled() {
-        tokio::spawn(watchdog(interval, probes));
+    // Ready means serving: every accept loop has answered once. A server
+    // that failed instead is reported by the loop below.
+    if all_answer(&probes).await {
+        notify::ready(&daemon.status(None));
     }
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        tracing::info!("watchdog enabled: pinging every {:?}", interval / 2);
+        tokio::spawn(watchdog(interval, probes))
+    });
 
     loop {
         tokio::select! {
@@ -178,6 +189,11 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping: finishing in-flight requests");
+    // The drain stops the accept loops; the service manager stops watching
+    // once it sees STOPPING=1.
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     notify::stopping(config.limits.drain_timeout);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -207,12 +223,15 @@ impl Daemon {
         tracing::info!("reloading");
         let config_path = self.config_path.clone();
         let cli_files = self.cli_files.clone();
+        let reload_dir = self.reload_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<(Config, Option<LoadedCertificate>)> {
             let config = match &config_path {
                 Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
                 None => Config::default(),
             };
-            let certificate = match certificate_files(&config, cli_files.as_ref()) {
+            let files = certificate_files(&config, cli_files.as_ref())
+                .map(|files| refreshed_files(files, cli_files.is_some(), reload_dir.as_deref()));
+            let certificate = match files {
                 Some(files) => Some(LoadedCertificate::load(&files, std::time::SystemTime::now())?),
                 None => None,
             };
@@ -236,7 +255,9 @@ impl Daemon {
                     &self.store,
                     config.https_port.unwrap_or(self.https_port),
                 )));
-                tracing::info!("reloaded; listener addresses and [limits] take effect on restart");
+                tracing::info!(
+                    "reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart"
+                );
                 notify::ready(&self.status(None));
             }
             Err(e) => {
@@ -245,6 +266,31 @@ impl Daemon {
                 notify::ready(&self.status(Some(&problem)));
             }
         }
+    }
+}
+
+/// The refreshed copies of the command line's key and chain in
+/// `reload_dir`, when both are there; otherwise `files` unchanged.
+fn refreshed_files(files: CertificateFiles, from_cli: bool, reload_dir: Option<&Path>) -> CertificateFiles {
+    let (Some(dir), true) = (reload_dir, from_cli) else {
+        return files;
+    };
+    let (Some(key), Some(chain)) = (files.key.file_name(), files.chain.file_name()) else {
+        return files;
+    };
+    let refreshed = CertificateFiles {
+        key: dir.join(key),
+        chain: dir.join(chain),
+    };
+    if refreshed.key.exists() && refreshed.chain.exists() {
+        refreshed
+    } else {
+        tracing::info!(
+            "no refreshed credentials in {}; re-reading {}",
+            dir.display(),
+            files.chain.display()
+        );
+        files
     }
 }
 
@@ -276,17 +322,27 @@ fn url_host(addr: &std::net::SocketAddr, store: &CertificateStore) -> String {
     }
 }
 
-/// Pings systemd's watchdog only while every server's accept loop answers.
+/// Whether every server's accept loop answers.
+async fn all_answer(probes: &[Probe]) -> bool {
+    let mut alive = true;
+    for probe in probes {
+        alive &= probe.check().await;
+    }
+    alive
+}
+
+/// Pings systemd's watchdog at half the interval, and only while every
+/// server's accept loop answers: a stuck loop lets the interval lapse, and
+/// systemd restarts the service (`Restart=on-failure`).
 async fn watchdog(interval: Duration, probes: Vec<Probe>) {
     let period = interval / 2;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let mut alive = true;
-        for probe in &probes {
-            alive &= tokio::time::timeout(period / 2, probe.check()).await.unwrap_or(false);
-        }
+        let alive = tokio::time::timeout(period / 2, all_answer(&probes))
+            .await
+            .unwrap_or(false);
         if alive {
             notify::watchdog();
         } else {

@@ -116,6 +116,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         config,
         config_path,
         cli_files,
+        reload_dir: cli.reload_credentials,
         http,
         https,
         activated,

@@ -1,17 +1,684 @@
-//! Install lunchd's binary, units and example configuration.
+//! `install-units` and `uninstall-units`: lunchd's binary, socket and
+//! service units, example configuration and certbot hook, written for the
+//! installed systemd.
+//!
+//! The units are the templates in `deploy/`, which fit systemd 252 to 258.
+//! What changes per version is small, and all of it is in [`render_service`]:
+//!
+//! - 259 and later: `Type=notify-reload`. From 259 systemd runs
+//!   `ExecReload=` (the credential copy) *before* it sends SIGHUP; 253 to 258
+//!   send the signal first, which would race the copy, so they keep
+//!   `Type=notify` and an `ExecReload=` that sends SIGHUP after copying.
+//! - 260 and later: `RefreshOnReload=credentials` makes `LoadCredential=`
+//!   copy the files again before every reload, which replaces the reload
+//!   copy into the runtime directory (and `--reload-credentials`).
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The first systemd with `Type=notify-reload` that runs `ExecReload=`
+/// before sending the reload signal.
+const NOTIFY_RELOAD_AFTER_EXEC_RELOAD: u32 = 259;
+/// The first systemd with `RefreshOnReload=credentials`.
+const REFRESH_ON_RELOAD: u32 = 260;
+
+const TEMPLATE_PREFIX: &str = "/usr/local";
+const TEMPLATE_LIVE_DIR: &str = "/etc/letsencrypt/live/example.com";
+const UNIT_DIR: &str = "etc/systemd/system";
+const CONFIG: &str = "etc/lunchd/lunchd.toml";
+const CERTBOT_HOOK: &str = "etc/letsencrypt/renewal-hooks/deploy/lunchd";
+const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
+const SERVICE: &str = "lunchd.service";
+
+/// Used when the workspace has no `deploy/lunchd.toml`: lunchd's built-in
+/// defaults apply.
+const PLACEHOLDER_CONFIG: &str = "# lunchd configuration: every key is optional; see docs/configuration.md.\n";
 
 /// Arguments of install-units.
 #[derive(Debug, clap::Args)]
-pub(crate) struct InstallArgs {}
+pub(crate) struct InstallArgs {
+    /// The domain whose Let's Encrypt certificate lunchd serves: key and
+    /// chain are read from /etc/letsencrypt/live/DOMAIN/.
+    #[arg(long, value_name = "NAME")]
+    domain: String,
+    /// Install under this root instead of / (for packaging and tests):
+    /// nothing is started, systemd is not told.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    destdir: PathBuf,
+    /// Where the binary and helper go: PREFIX/bin, PREFIX/libexec.
+    #[arg(long, value_name = "PATH", default_value = TEMPLATE_PREFIX)]
+    prefix: PathBuf,
+    /// Write units for this systemd version instead of the one
+    /// `systemctl --version` reports.
+    #[arg(long, value_name = "N")]
+    systemd_version: Option<u32>,
+    /// Print what would be written; touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not build; install the binary that is there.
+    #[arg(long)]
+    no_build: bool,
+    /// The lunchd binary to install [default: target/release/lunchd].
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+    /// Skip `systemd-analyze verify` of the written units.
+    #[arg(long)]
+    no_verify: bool,
+}
 
 /// Arguments of uninstall-units.
 #[derive(Debug, clap::Args)]
-pub(crate) struct UninstallArgs {}
-
-pub(crate) fn install(_args: InstallArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub(crate) struct UninstallArgs {
+    /// The root install-units wrote to.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    destdir: PathBuf,
+    /// The prefix install-units used.
+    #[arg(long, value_name = "PATH", default_value = TEMPLATE_PREFIX)]
+    prefix: PathBuf,
+    /// Print what would be removed; touch nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
-pub(crate) fn uninstall(_args: UninstallArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// One file to write: where (absolute, as the installed system sees it),
+/// what, and its mode.
+struct File {
+    path: PathBuf,
+    contents: Contents,
+    mode: u32,
+}
+
+enum Contents {
+    Text(String),
+    Copy(PathBuf),
+}
+
+pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
+    check_domain(&args.domain)?;
+    let prefix = absolute_prefix(&args.prefix)?;
+    let version = match args.systemd_version {
+        Some(v) => v,
+        None => installed_systemd_version()?,
+    };
+    let root = crate::project_root();
+    let binary = args
+        .binary
+        .clone()
+        .unwrap_or_else(|| target_dir(&root).join("release/lunchd"));
+    if !args.no_build && !args.dry_run {
+        build_release(&root)?;
+    }
+    let files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    let to_root = args.destdir == Path::new("/");
+
+    println!(
+        "installing lunchd for systemd {version} under {}{}",
+        args.destdir.display(),
+        if args.dry_run { " (dry run)" } else { "" }
+    );
+    if args.dry_run {
+        for file in &files {
+            print_file(&args.destdir, file);
+        }
+        return Ok(());
+    }
+    if !binary.is_file() {
+        bail!(
+            "{} does not exist; build it (cargo build --release -p lunchd) or pass --binary",
+            binary.display()
+        );
+    }
+    for file in &files {
+        write_file(&args.destdir, file)?;
+    }
+    if args.no_verify {
+        println!("skipped systemd-analyze verify (--no-verify)");
+    } else {
+        verify(&args.destdir, &files, version)?;
+    }
+    if to_root {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+    }
+    print_next_steps(&args.domain, to_root);
+    Ok(())
+}
+
+pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let prefix = absolute_prefix(&args.prefix)?;
+    let to_root = args.destdir == Path::new("/");
+    if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
+        let mut disable = Command::new("systemctl");
+        disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
+        run(&mut disable)?;
+    }
+    let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
+    paths.push(prefix.join("bin/lunchd"));
+    paths.push(prefix.join("libexec/lunchd-copy-credentials"));
+    paths.push(Path::new("/").join(CERTBOT_HOOK));
+    for path in &paths {
+        let on_disk = under(&args.destdir, path);
+        if !on_disk.exists() {
+            continue;
+        }
+        println!("remove {}", on_disk.display());
+        if !args.dry_run {
+            fs::remove_file(&on_disk).with_context(|| format!("removing {}", on_disk.display()))?;
+        }
+    }
+    let config = under(&args.destdir, &Path::new("/").join(CONFIG));
+    if config.exists() {
+        if fs::read_to_string(&config).ok().as_deref() == Some(&example_config(&crate::project_root())?) {
+            println!("remove {} (unchanged)", config.display());
+            if !args.dry_run {
+                fs::remove_file(&config).with_context(|| format!("removing {}", config.display()))?;
+                let _ = fs::remove_dir(config.parent().unwrap_or(&config));
+            }
+        } else {
+            println!("kept {}: it was edited", config.display());
+        }
+    }
+    if to_root && !args.dry_run {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+    }
+    Ok(())
+}
+
+/// Every file install-units writes, rendered for systemd `version`.
+fn plan(root: &Path, binary: &Path, domain: &str, prefix: &Path, version: u32) -> anyhow::Result<Vec<File>> {
+    let deploy = root.join("deploy");
+    let read = |name: &str| {
+        let path = deploy.join(name);
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut files = Vec::new();
+    for socket in SOCKETS {
+        files.push(File {
+            path: unit_path(socket),
+            contents: Contents::Text(read(socket)?),
+            mode: 0o644,
+        });
+    }
+    files.push(File {
+        path: unit_path(SERVICE),
+        contents: Contents::Text(render_service(&read(SERVICE)?, version, domain, prefix)?),
+        mode: 0o644,
+    });
+    files.push(File {
+        path: prefix.join("bin/lunchd"),
+        contents: Contents::Copy(binary.to_path_buf()),
+        mode: 0o755,
+    });
+    if version < REFRESH_ON_RELOAD {
+        files.push(File {
+            path: prefix.join("libexec/lunchd-copy-credentials"),
+            contents: Contents::Copy(deploy.join("lunchd-copy-credentials")),
+            mode: 0o755,
+        });
+    }
+    files.push(File {
+        path: Path::new("/").join(CONFIG),
+        contents: Contents::Text(example_config(root)?),
+        mode: 0o644,
+    });
+    files.push(File {
+        path: Path::new("/").join(CERTBOT_HOOK),
+        contents: Contents::Text(replace_once(
+            &read("certbot-deploy-hook")?,
+            TEMPLATE_LIVE_DIR,
+            &live_dir(domain),
+        )?),
+        mode: 0o755,
+    });
+    Ok(files)
+}
+
+/// `deploy/lunchd.service` filled in for `domain` and `prefix` and adapted
+/// to systemd `version`.
+pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix: &Path) -> anyhow::Result<String> {
+    let prefix = prefix.display().to_string();
+    let live = live_dir(domain);
+    let mut unit = template.to_owned();
+    unit = replace_all(
+        &unit,
+        &format!("{TEMPLATE_PREFIX}/bin/lunchd "),
+        &format!("{prefix}/bin/lunchd "),
+    )?;
+    if version >= REFRESH_ON_RELOAD {
+        let (before, rest) = unit
+            .split_once("# BEGIN credentials")
+            .context("deploy/lunchd.service has no `# BEGIN credentials` line")?;
+        let (_, after) = rest
+            .split_once("# END credentials\n")
+            .context("deploy/lunchd.service has no `# END credentials` line")?;
+        let exec_start = unit
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .context("deploy/lunchd.service has no ExecStart=")?;
+        let exec_start = replace_all(exec_start, " --reload-credentials=${RUNTIME_DIRECTORY}", "")?;
+        unit = format!(
+            "{before}# Key and chain: systemd copies them from the root-only live directory,\n\
+             # readable by the dynamic user only, at start and, with\n\
+             # RefreshOnReload=credentials, again before every reload.\n\
+             LoadCredential=privkey.pem:{live}/privkey.pem\n\
+             LoadCredential=fullchain.pem:{live}/fullchain.pem\n\
+             RefreshOnReload=credentials\n\
+             {exec_start}\n{after}"
+        );
+    } else {
+        let helper = format!("{TEMPLATE_PREFIX}/libexec/lunchd-copy-credentials {TEMPLATE_LIVE_DIR} ");
+        unit = replace_all(
+            &unit,
+            &helper,
+            &format!("{prefix}/libexec/lunchd-copy-credentials {live} "),
+        )?;
+        unit = replace_all(&unit, &format!(":{TEMPLATE_LIVE_DIR}/"), &format!(":{live}/"))?;
+    }
+    if version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD {
+        unit = replace_all(&unit, "\nType=notify\n", "\nType=notify-reload\n")?;
+        // systemd sends SIGHUP itself, after ExecReload= (if any) succeeded.
+        unit = unit.replace("ExecReload=/bin/kill -HUP $MAINPID\n", "");
+    }
+    if unit.contains(TEMPLATE_LIVE_DIR) && domain != "example.com" {
+        bail!("deploy/lunchd.service mentions {TEMPLATE_LIVE_DIR} in a place install-units does not fill in");
+    }
+    Ok(format!(
+        "# Written by `cargo xtask install-units` for systemd {version} from deploy/lunchd.service.\n{unit}"
+    ))
+}
+
+fn replace_all(text: &str, from: &str, to: &str) -> anyhow::Result<String> {
+    if !text.contains(from) {
+        bail!("the template has no {from:?} to replace");
+    }
+    Ok(text.replace(from, to))
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> anyhow::Result<String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => bail!("the template has {n} occurrences of {from:?}, expected one"),
+    }
+}
+
+fn live_dir(domain: &str) -> String {
+    format!("/etc/letsencrypt/live/{domain}")
+}
+
+fn unit_path(name: &str) -> PathBuf {
+    Path::new("/").join(UNIT_DIR).join(name)
+}
+
+/// `path` (absolute) under `destdir`.
+fn under(destdir: &Path, path: &Path) -> PathBuf {
+    destdir.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn example_config(root: &Path) -> anyhow::Result<String> {
+    let path = root.join("deploy/lunchd.toml");
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(PLACEHOLDER_CONFIG.to_owned()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn check_domain(domain: &str) -> anyhow::Result<()> {
+    let valid = !domain.is_empty()
+        && domain.len() <= 253
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !valid {
+        bail!("--domain {domain:?} is not a host name; give the name certbot issued the certificate for");
+    }
+    Ok(())
+}
+
+fn absolute_prefix(prefix: &Path) -> anyhow::Result<PathBuf> {
+    let text = prefix.to_str().context("--prefix must be valid UTF-8")?;
+    if !prefix.is_absolute() || text.chars().any(|c| c.is_whitespace() || c == '%' || c == '$') {
+        bail!("--prefix {text:?} must be an absolute path without spaces, `%` or `$`");
+    }
+    Ok(PathBuf::from(text.trim_end_matches('/')))
+}
+
+/// The version `systemctl --version` reports, e.g. 252 for
+/// `systemd 252 (252.39-1~deb12u2)`.
+fn installed_systemd_version() -> anyhow::Result<u32> {
+    let output = Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .context("running systemctl --version; pass --systemd-version N where systemd is not installed")?;
+    parse_systemd_version(&String::from_utf8_lossy(&output.stdout))
+        .context("systemctl --version printed no version; pass --systemd-version N")
+}
+
+fn parse_systemd_version(text: &str) -> Option<u32> {
+    let mut words = text.lines().next()?.split_whitespace();
+    if words.next()? != "systemd" {
+        return None;
+    }
+    let number: String = words.next()?.chars().take_while(char::is_ascii_digit).collect();
+    number.parse().ok()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn build_release(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--locked", "-p", "lunchd"]))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn print_file(destdir: &Path, file: &File) {
+    let path = under(destdir, &file.path);
+    match &file.contents {
+        Contents::Text(text) => {
+            println!("\n--- {} (mode {:o}) ---\n{text}", path.display(), file.mode);
+        }
+        Contents::Copy(source) => {
+            println!(
+                "\n--- {} (mode {:o}): copy of {} ---",
+                path.display(),
+                file.mode,
+                source.display()
+            );
+        }
+    }
+}
+
+fn write_file(destdir: &Path, file: &File) -> anyhow::Result<()> {
+    let path = under(destdir, &file.path);
+    let parent = path.parent().context("a file without a directory")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    if file.path.ends_with("lunchd.toml") && path.exists() {
+        let Contents::Text(text) = &file.contents else {
+            unreachable!("the configuration is text")
+        };
+        if fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            println!(
+                "kept {}: it was edited (the example is deploy/lunchd.toml)",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    // Written next to the target and renamed: a running system never sees
+    // half a file, and a running binary is replaced, not overwritten.
+    let tmp = parent.join(format!(
+        ".{}.install-units",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    match &file.contents {
+        Contents::Text(text) => fs::write(&tmp, text),
+        Contents::Copy(source) => fs::copy(source, &tmp).map(drop),
+    }
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(file.mode))
+        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `systemd-analyze verify` of the written units. Under a destdir it runs
+/// with `--root=` on a scratch tree holding the written files and this
+/// host's own unit directory (the units need sysinit.target and the like).
+/// Warnings about lunchd's units fail it too, except, when the units are
+/// for a newer systemd than the analyzer, the settings that version added.
+fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
+    let scratch;
+    let root = if destdir == Path::new("/") {
+        None
+    } else {
+        scratch = Scratch::new("verify")?;
+        copy_dir(
+            Path::new("/usr/lib/systemd/system"),
+            &scratch.0.join("usr/lib/systemd/system"),
+        )?;
+        for file in files {
+            let from = under(destdir, &file.path);
+            let to = under(&scratch.0, &file.path);
+            fs::create_dir_all(to.parent().unwrap_or(&scratch.0))?;
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
+        Some(scratch.0.clone())
+    };
+    let mut args = vec!["verify".to_owned(), "--man=no".to_owned(), "--generators=no".to_owned()];
+    if let Some(root) = &root {
+        args.push(format!("--root={}", root.display()));
+    }
+    args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
+    let output = systemd_analyze(&args)?;
+    let analyzer = systemd_analyze(&["--version".to_owned()])
+        .ok()
+        .and_then(|o| parse_systemd_version(&o.stdout))
+        .unwrap_or(0);
+    let stderr = output.stderr;
+    let mut problems = Vec::new();
+    for line in stderr.lines().filter(|l| l.contains("lunchd")) {
+        // What systemd-analyze 252 says about exactly these two settings.
+        let newer = (version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD
+            && analyzer < 253
+            && line.ends_with("Failed to parse service type, ignoring: notify-reload"))
+            || (version >= REFRESH_ON_RELOAD
+                && analyzer < REFRESH_ON_RELOAD
+                && line.ends_with("Unknown key 'RefreshOnReload' in section [Service], ignoring."));
+        if newer {
+            println!("note: systemd-analyze {analyzer} does not know a setting of systemd {version}: {line}");
+        } else {
+            problems.push(line);
+        }
+    }
+    if !output.success || !problems.is_empty() {
+        bail!(
+            "systemd-analyze verify found problems in the written units:\n{}",
+            if problems.is_empty() {
+                stderr.clone()
+            } else {
+                problems.join("\n")
+            }
+        );
+    }
+    println!("systemd-analyze verify: ok");
+    Ok(())
+}
+
+/// What a `systemd-analyze` run printed.
+pub(crate) struct Analyzed {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs `systemd-analyze ARGS`. As root it runs in a private mount
+/// namespace with a tmpfs on /run/systemd: systemd 252's analyzer touches
+/// /run/systemd/systemd-units-load, which must not appear on a host (or
+/// container) whose PID 1 is not systemd.
+pub(crate) fn systemd_analyze(args: &[String]) -> anyhow::Result<Analyzed> {
+    let mut command = if is_root() {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd || exit 1; fi; exec \"$0\" \"$@\"")
+            .arg("systemd-analyze");
+        c
+    } else {
+        Command::new("systemd-analyze")
+    };
+    let output = command
+        .args(args)
+        .output()
+        .context("running systemd-analyze (Debian package systemd; unshare from util-linux as root)")?;
+    Ok(Analyzed {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+            .unwrap_or(false)
+    })
+}
+
+/// A directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> anyhow::Result<Scratch> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "lunchd-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Scratch(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies the files and symlinks of `from` (one level of subdirectories
+/// deep, as unit directories are) to `to`.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &target)?;
+        } else if kind.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_next_steps(domain: &str, to_root: bool) {
+    let live = live_dir(domain);
+    println!(
+        "\nnext steps:\n\
+         1. the certificate: `certbot certonly --webroot -w <acme webroot> -d {domain}` (or any other way) must\n   \
+            leave {live}/privkey.pem and {live}/fullchain.pem.\n\
+         2. edit /etc/lunchd/lunchd.toml, then check it: `lunchd check-config /etc/lunchd/lunchd.toml`.\n\
+         3. `systemctl enable --now {} {}`: lunchd starts on the first connection.\n\
+         4. after a renewal the certbot hook runs `systemctl reload lunchd`; check with `systemctl status lunchd`.\n\
+         5. upgrading? `systemctl restart lunchd` starts the new binary and units; the sockets keep every client.{}",
+        SOCKETS[0],
+        SOCKETS[1],
+        if to_root {
+            ""
+        } else {
+            "\n(installed under a destdir: systemd was not told)"
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes the units for `version` with `edit` applied to the service
+    /// under a scratch destdir, and verifies them.
+    fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
+        let destdir = Scratch::new("verify-test").unwrap();
+        let binary = std::env::current_exe().unwrap();
+        let root = crate::project_root();
+        let mut files = plan(&root, &binary, "lunch.example", Path::new(TEMPLATE_PREFIX), version).unwrap();
+        for file in &mut files {
+            if let (true, Contents::Text(text)) = (file.path.ends_with(SERVICE), &mut file.contents) {
+                *text = edit(std::mem::take(text));
+            }
+            write_file(&destdir.0, file).unwrap();
+        }
+        verify(&destdir.0, &files, version)
+    }
+
+    #[test]
+    fn verify_passes_the_units_and_stops_on_a_problem_in_them() {
+        verify_edited(252, |unit| unit).unwrap();
+        let error = verify_edited(252, |unit| unit.replace("\nType=notify\n", "\nType=notifyy\n")).unwrap_err();
+        assert!(format!("{error:#}").contains("notifyy"), "{error:#}");
+        let error = verify_edited(252, |unit| unit.replace("ProtectHome=yes", "ProtectHomes=yes")).unwrap_err();
+        assert!(format!("{error:#}").contains("ProtectHomes"), "{error:#}");
+        let error = verify_edited(252, |unit| {
+            unit.replace("/usr/local/bin/lunchd --config", "/usr/local/bin/lunch --config")
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("/usr/local/bin/lunch"), "{error:#}");
+    }
+
+    #[test]
+    fn verify_tolerates_only_the_settings_of_a_newer_systemd() {
+        // Type=notify-reload and RefreshOnReload= are newer than the
+        // analyzer where it is 252; anything else still fails.
+        verify_edited(260, |unit| unit).unwrap();
+        let error = verify_edited(260, |unit| {
+            unit.replace(
+                "RefreshOnReload=credentials",
+                "RefreshOnReload=credentials\nRefreshOnReloadd=x",
+            )
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("RefreshOnReloadd"), "{error:#}");
+    }
+
+    #[test]
+    fn versions_from_systemctl() {
+        assert_eq!(
+            parse_systemd_version("systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT"),
+            Some(252)
+        );
+        assert_eq!(parse_systemd_version("systemd 260 (260~rc1)\n"), Some(260));
+        assert_eq!(parse_systemd_version("systemd 255.4-1ubuntu8\n"), Some(255));
+        assert_eq!(parse_systemd_version("something else 3\n"), None);
+        assert_eq!(parse_systemd_version(""), None);
+    }
+
+    #[test]
+    fn domains_and_prefixes() {
+        assert!(check_domain("lunch.example.org").is_ok());
+        for bad in ["", "a..b", "a b", "a/b", "x.com\nExecStart=/bin/sh", "%n"] {
+            assert!(check_domain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            absolute_prefix(Path::new("/opt/lunchd/")).unwrap(),
+            Path::new("/opt/lunchd")
+        );
+        for bad in ["usr/local", "/opt/my lunch", "/opt/%n", "/opt/$X"] {
+            assert!(absolute_prefix(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -213,7 +213,7 @@ impl Lunchd {
             command.arg(format!("--setenv={key}={value}"));
         }
         command
-            .arg("--setenv=RUST_LOG=debug")
+            .arg("--setenv=RUST_LOG=debug,h2=info,rustls=info,hyper=info")
             .arg(LUNCHD)
             .args(&start.args)
             .stdin(Stdio::null())
@@ -458,6 +458,38 @@ where
         assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+impl NotifySocket {
+    /// A `NOTIFY_SOCKET` in the abstract namespace (`@name`), as service
+    /// managers other than PID 1 may pass.
+    pub fn new_abstract(tag: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("lunchd-test-{}-{tag}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&addr).unwrap();
+        NotifySocket {
+            path: PathBuf::from(format!("@{name}")),
+            socket,
+        }
+    }
+}
+
+/// The value of `key` in a notification message, if it is there.
+pub fn notify_field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+}
+
+/// CLOCK_MONOTONIC now, in microseconds, as `MONOTONIC_USEC=` carries it.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime failed");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 // ---- Helpers of the hostile-input tests (tests/hostile_*.rs). ----
