@@ -286,9 +286,10 @@ impl Connection {
             .max_concurrent_streams(limits.max_streams)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(256))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .max_local_error_reset_streams(Some(256));
+        // No keep-alive PINGs: a client answering them would count as
+        // progress and keep an idle connection open past `idle_timeout`
+        // for ever. `IdleTimeout` already closes idle and dead connections.
         Connection {
             router,
             tls,

@@ -284,12 +284,15 @@ impl CertificateStore {
     /// Whether `host` (lowercase, no port, IPv6 without brackets) is covered by
     /// the current certificate, wildcards included.
     pub fn covers(&self, host: &str) -> bool {
-        self.current
-            .load()
-            .info
-            .names
-            .iter()
-            .any(|name| name_matches(name, host))
+        self.current.load().info.covers(host)
+    }
+}
+
+impl CertificateInfo {
+    /// Whether `host` (lowercase, no port, IPv6 without brackets) is one of
+    /// the certificate's names, wildcards included.
+    pub fn covers(&self, host: &str) -> bool {
+        self.names.iter().any(|name| name_matches(name, host))
     }
 }
 

@@ -602,7 +602,8 @@ fn parse_utc_offset(text: &str) -> Option<i32> {
         _ => return None,
     };
     let (h, m) = rest.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
+    let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !two_digits(h) || !two_digits(m) {
         return None;
     }
     let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
@@ -687,6 +688,10 @@ mod tests {
         assert_eq!(parse_utc_offset("Z"), Some(0));
         assert_eq!(parse_utc_offset("+14:01"), None);
         assert_eq!(parse_utc_offset("1:00"), None);
+        // Signs inside the fields are not a second sign.
+        assert_eq!(parse_utc_offset("+-1:00"), None);
+        assert_eq!(parse_utc_offset("++1:00"), None);
+        assert_eq!(parse_utc_offset("+01:+5"), None);
     }
 
     /// The keys serde accepts in `section`, read from its "unknown field"

@@ -50,6 +50,37 @@ pub fn certificate_files(config: &Config, cli: Option<&CertificateFiles>) -> Opt
     })
 }
 
+/// Refuses a certificate that does not cover the hosts the configuration
+/// redirects to (`[http] canonical_host`, `allowed_hosts`): browsers sent
+/// there would only get a certificate error.
+pub fn check_names(config: &Config, certificate: &LoadedCertificate) -> anyhow::Result<()> {
+    let info = certificate.info();
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
+    wanted.extend(config.canonical_host.as_deref().map(|h| (h, "[http] canonical_host")));
+    wanted.extend(
+        config
+            .allowed_hosts
+            .iter()
+            .flatten()
+            .map(|h| (h.as_str(), "[http] allowed_hosts")),
+    );
+    for (host, key) in wanted {
+        let covered = match host.strip_prefix("*.") {
+            Some(_) => info.names.iter().any(|name| name == host),
+            None => info.covers(host),
+        };
+        if !covered {
+            anyhow::bail!(
+                "the certificate in {} is for {} but not `{host}` ({key}); issue a certificate that includes it, \
+                 or change {key}",
+                info.source,
+                info.names.join(", "),
+            );
+        }
+    }
+    Ok(())
+}
+
 struct Daemon {
     config_path: Option<PathBuf>,
     cli_files: Option<CertificateFiles>,
@@ -204,6 +235,9 @@ impl Daemon {
                 Some(files) => Some(LoadedCertificate::load(&files, std::time::SystemTime::now())?),
                 None => None,
             };
+            if let Some(certificate) = &certificate {
+                check_names(&config, certificate)?;
+            }
             Ok((config, certificate))
         })
         .await

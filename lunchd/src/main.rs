@@ -89,7 +89,11 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
     let certificate = match daemon::certificate_files(&config, cli_files.as_ref()) {
-        Some(files) => LoadedCertificate::load(&files, std::time::SystemTime::now())?,
+        Some(files) => {
+            let certificate = LoadedCertificate::load(&files, std::time::SystemTime::now())?;
+            daemon::check_names(&config, &certificate)?;
+            certificate
+        }
         None => {
             tracing::warn!(
                 "no certificate configured: serving a generated self-signed development certificate for localhost; \

@@ -491,3 +491,203 @@ pub fn monotonic_usec() -> u64 {
     assert_eq!(rc, 0, "clock_gettime failed");
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
+
+// ---- Helpers of the hostile-input tests (tests/hostile_*.rs). ----
+
+/// lunchd serving a test CA's certificate for `lunch.test` and `localhost`
+/// (serial 1) from a configuration file, under socket activation.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub leaf: Leaf,
+    pub key: PathBuf,
+    pub chain: PathBuf,
+    pub config: PathBuf,
+    pub lunchd: Lunchd,
+}
+
+impl Served {
+    /// `limits` goes under `[limits]`; `extra` (other sections) after it.
+    pub async fn start(limits: &str, extra: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let leaf = ca.issue(&["lunch.test", "localhost"], 1);
+        let (key, chain) = write_leaf(dir.path(), &leaf);
+        let config = dir.path().join("lunchd.toml");
+        std::fs::write(&config, served_config(&key, &chain, limits, extra)).unwrap();
+        let lunchd = Lunchd::start(Start {
+            args: vec![format!("--config={}", config.display())],
+            ..Start::default()
+        });
+        let served = Served {
+            dir,
+            ca,
+            leaf,
+            key,
+            chain,
+            config,
+            lunchd,
+        };
+        // lunchd starts on the first connection.
+        let mut first = served.connect(&[b"http/1.1"]).await;
+        assert_eq!(first.get("localhost", "/healthz").await.status, 200);
+        served.lunchd.wait_log("redirecting http://", Duration::from_secs(10));
+        served
+    }
+
+    pub fn https(&self) -> u16 {
+        self.lunchd.port("https")
+    }
+
+    pub fn http(&self) -> u16 {
+        self.lunchd.port("http")
+    }
+
+    pub async fn connect(&self, alpn: &[&[u8]]) -> TlsConnection {
+        TlsConnection::connect(self.https(), "localhost", self.ca.client_config(alpn)).await
+    }
+
+    /// Both servers answer a normal request on a new connection, and
+    /// nothing has panicked.
+    pub async fn assert_healthy(&self) {
+        for alpn in [&b"h2"[..], b"http/1.1"] {
+            let mut tls = self.connect(&[alpn]).await;
+            let response = tls.get("localhost", "/healthz").await;
+            assert_eq!(
+                (response.status, response.body.as_str()),
+                (200, "ok\n"),
+                "{}",
+                self.lunchd.log()
+            );
+        }
+        let response = exchange_one(self.http(), b"GET /p HTTP/1.1\r\nHost: lunch.test\r\n\r\n").await;
+        let expected = format!("location: https://lunch.test:{}/p\r\n", self.https());
+        assert!(
+            response.starts_with("HTTP/1.1 301 ") && response.contains(&expected),
+            "{response}"
+        );
+        self.assert_no_panic();
+    }
+
+    pub fn assert_no_panic(&self) {
+        let log = self.lunchd.log();
+        assert!(!log.contains("panicked"), "lunchd panicked:\n{log}");
+    }
+}
+
+pub fn served_config(key: &Path, chain: &Path, limits: &str, extra: &str) -> String {
+    format!(
+        "[https]\nkey = \"{}\"\ncertificate = \"{}\"\n\n[limits]\n{limits}\n\n{extra}\n",
+        key.display(),
+        chain.display()
+    )
+}
+
+/// Sends `request` on a new connection (then half-closes if `half_close`)
+/// and reads until the server closes or 10 s pass. Returns what was read,
+/// lossily as text, and whether the server closed the connection.
+pub async fn exchange(port: u16, request: &[u8], half_close: bool) -> (String, bool) {
+    let stream = AsyncTcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    exchange_on(stream, request, half_close).await
+}
+
+/// [`exchange`] on an open stream, plain or TLS.
+pub async fn exchange_on<S>(stream: S, request: &[u8], half_close: bool) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    exchange_until(stream, request, half_close, false).await
+}
+
+/// Sends `request` and reads one complete response (with Content-Length),
+/// without waiting for the server to close a keep-alive connection.
+pub async fn exchange_one(port: u16, request: &[u8]) -> String {
+    let stream = AsyncTcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    exchange_until(stream, request, false, true).await.0
+}
+
+async fn exchange_until<S>(mut stream: S, request: &[u8], half_close: bool, one: bool) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The server may refuse before reading everything; that is an answer too.
+    let _ = stream.write_all(request).await;
+    let _ = stream.flush().await;
+    if half_close {
+        let _ = stream.shutdown().await;
+    }
+    let mut response = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                response.extend_from_slice(&buf[..n]);
+                if one && complete(&response) {
+                    break false;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&response).into_owned(), closed)
+}
+
+/// The status code of a raw HTTP/1 response, if it is one.
+pub fn status_of(response: &str) -> Option<u16> {
+    let rest = response
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| response.strip_prefix("HTTP/1.0 "))?;
+    rest.get(..3)?.parse().ok()
+}
+
+/// A raw TLS connection to 127.0.0.1:`port` (SNI `localhost`) offering `alpn`.
+pub async fn tls_stream(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<AsyncTcpStream> {
+    let tcp = AsyncTcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// The bytes of a real TLS ClientHello for `localhost`.
+pub fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let mut client = rustls::ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut out = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// Open descriptors of process `pid`.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Open descriptors of process `pid` once the count holds still for 100 ms
+/// (connections closed a moment ago are released first).
+pub async fn settled_fd_count(pid: i32) -> usize {
+    eventually(Duration::from_secs(20), || async {
+        let fds = fd_count(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (fd_count(pid) == fds).then_some(fds)
+    })
+    .await
+}
