@@ -169,8 +169,12 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
 
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
+    // rustls warns once per handshake about client mistakes it handles
+    // anyway (an IP address as SNI, as wrk and some scanners send): not the
+    // operator's concern, and a way to flood the journal.
+    let directives = if level.contains("rustls") { level.to_owned() } else { format!("{level},rustls=error") };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
