@@ -172,7 +172,11 @@ fn init_logging(level: &str) {
     // rustls warns once per handshake about client mistakes it handles
     // anyway (an IP address as SNI, as wrk and some scanners send): not the
     // operator's concern, and a way to flood the journal.
-    let directives = if level.contains("rustls") { level.to_owned() } else { format!("{level},rustls=error") };
+    let directives = if level.contains("rustls") {
+        level.to_owned()
+    } else {
+        format!("{level},rustls=error")
+    };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));

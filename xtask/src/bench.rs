@@ -1,9 +1,578 @@
-//! Load tests against lunchd, side by side with nginx.
+//! `cargo xtask bench`: load tests against lunchd, side by side with nginx.
+//!
+//! Both servers run on loopback ports of this machine, with the same ECDSA
+//! P-256 certificate and TLS 1.3. Each test runs for `--duration` seconds
+//! after a short warm-up, alternating between the servers. The number to
+//! compare is the server's CPU time per request (utime + stime from
+//! /proc/PID/stat, summed over the server's processes): client and server
+//! share the cores, so requests per second swing far more between runs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+mod load;
+mod procs;
+mod servers;
+
+use load::{Outcome, Test};
+use procs::Sampler;
+use servers::{Certificate, Lunchd, Nginx, Notify};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Run the same tests against another server, alternating, and print
+    /// lunchd/other ratios.
+    #[arg(long, value_enum)]
+    against: Option<Against>,
+    /// Seconds per load test.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    duration: f64,
+    /// A short run that checks the benchmark works: 1 s tests, 20 reloads.
+    #[arg(long)]
+    quick: bool,
+    /// Only these tests (repeatable); default: all.
+    #[arg(long, value_enum)]
+    only: Vec<Test>,
+    /// Use this lunchd binary instead of building one with `cargo build
+    /// --release`.
+    #[arg(long, value_name = "PATH")]
+    lunchd: Option<PathBuf>,
+    /// Where results go [default: target/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet (root: {})", crate::project_root().display())
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Against {
+    /// Debian's nginx (package nginx-light).
+    Nginx,
+}
+
+/// One server's result in one test.
+#[derive(Debug, Clone)]
+struct Run {
+    server: &'static str,
+    test: Test,
+    url: String,
+    outcome: Outcome,
+    cpu_seconds: f64,
+    wall_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+impl Run {
+    fn us_per_request(&self) -> f64 {
+        if self.outcome.requests == 0 {
+            return f64::NAN;
+        }
+        self.cpu_seconds * 1e6 / self.outcome.requests as f64
+    }
+}
+
+/// Everything one benchmark measured.
+#[derive(Debug, Default)]
+struct Report {
+    duration: f64,
+    runs: Vec<Run>,
+    idle_rss_kib: Vec<(&'static str, u64)>,
+    start_to_ready_ms: Vec<f64>,
+    reload_ms: Vec<f64>,
+    reloads_under_load: Option<ReloadsUnderLoad>,
+    handshake_check: Option<(usize, usize)>,
+    /// Server, path, and the bytes of the response's head and body.
+    sizes: Vec<ResponseSize>,
+    notes: Vec<String>,
+}
+
+type ResponseSize = (&'static str, String, Option<(u64, u64)>);
+
+#[derive(Debug)]
+struct ReloadsUnderLoad {
+    reloads: usize,
+    outcome: Outcome,
+    reload_ms: Vec<f64>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let duration = if args.quick { 1.0 } else { args.duration };
+    anyhow::ensure!(
+        (1.0..=600.0).contains(&duration),
+        "--duration must be between 1 and 600 seconds"
+    );
+    let tests: Vec<Test> = if args.only.is_empty() {
+        Test::ALL.to_vec()
+    } else {
+        Test::ALL.into_iter().filter(|t| args.only.contains(t)).collect()
+    };
+    ensure_tools(args.against.is_some())?;
+
+    let root = crate::project_root();
+    let binary = match args.lunchd {
+        Some(path) => path,
+        None => build_lunchd(&root)?,
+    };
+    let out = args.out.unwrap_or_else(|| root.join("target/bench"));
+    let scratch = out.join("run");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let cert = Certificate::generate(&scratch)?;
+    let notify = Notify::bind(scratch.join("notify.sock"))?;
+    let ticks = procs::clock_ticks();
+
+    let mut report = Report {
+        duration,
+        ..Report::default()
+    };
+    let lunchd = Lunchd::start(&binary, &cert, &scratch, &notify)?;
+    report.start_to_ready_ms.push(ms(lunchd.start_to_ready));
+    let nginx = match args.against {
+        Some(Against::Nginx) => Some(Nginx::start(&cert, &scratch)?),
+        None => None,
+    };
+
+    // Idle memory, before any load.
+    thread::sleep(Duration::from_secs(1));
+    report
+        .idle_rss_kib
+        .push(("lunchd", procs::rss_kib(&procs::family(lunchd.guard.pid()))));
+    if let Some(nginx) = &nginx {
+        report
+            .idle_rss_kib
+            .push(("nginx", procs::rss_kib(&procs::family(nginx.guard.pid()))));
+    }
+
+    report.sizes.push((
+        "lunchd",
+        servers::LUNCHD_PATH.to_owned(),
+        servers::response_size(&format!("https://127.0.0.1:{}{}", lunchd.https, servers::LUNCHD_PATH)),
+    ));
+    if let Some(nginx) = &nginx {
+        report.sizes.push((
+            "nginx",
+            servers::NGINX_PATH.to_owned(),
+            servers::response_size(&format!("https://127.0.0.1:{}{}", nginx.https, servers::NGINX_PATH)),
+        ));
+        if tests.contains(&Test::Handshake) {
+            let (full, resumed) = nginx.ab_handshakes()?;
+            anyhow::ensure!(
+                full > 0 && resumed == 0,
+                "ab resumed {resumed} of {} TLS sessions; the handshake test needs full handshakes",
+                full + resumed
+            );
+            report.handshake_check = Some((full, resumed));
+        }
+    }
+
+    for &test in &tests {
+        if test == Test::Redirect {
+            check_redirect("lunchd", lunchd.http, lunchd.https)?;
+            if let Some(nginx) = &nginx {
+                check_redirect("nginx", nginx.http, nginx.https)?;
+            }
+        }
+        let mut targets = vec![("lunchd", lunchd.guard.pid(), url(test, lunchd.http, lunchd.https, true))];
+        if let Some(nginx) = &nginx {
+            targets.push(("nginx", nginx.guard.pid(), url(test, nginx.http, nginx.https, false)));
+        }
+        for (server, pid, url) in targets {
+            eprintln!("bench: {server}: {} for {duration} s: {url}", test.title());
+            // Warm-up: connections, session caches, allocator arenas.
+            load::run(test, &url, warm_up(duration), &scratch)
+                .with_context(|| format!("{server}: {} warm-up", test.id()))?;
+            let sampler = Sampler::start(pid);
+            let outcome =
+                load::run(test, &url, duration, &scratch).with_context(|| format!("{server}: {}", test.id()))?;
+            let usage = sampler.finish(ticks);
+            let run = Run {
+                server,
+                test,
+                url,
+                outcome,
+                cpu_seconds: usage.cpu_seconds,
+                wall_seconds: usage.wall_seconds,
+                peak_rss_kib: usage.peak_rss_kib,
+            };
+            eprintln!(
+                "bench:   {:.0} req/s, {:.2} µs server CPU per request, peak RSS {:.1} MiB, {} errors",
+                run.outcome.rps,
+                run.us_per_request(),
+                mib(run.peak_rss_kib),
+                run.outcome.errors
+            );
+            report.runs.push(run);
+        }
+        if test == Test::Redirect {
+            check_redirect("lunchd", lunchd.http, lunchd.https)?;
+            if let Some(nginx) = &nginx {
+                check_redirect("nginx", nginx.http, nginx.https)?;
+            }
+        }
+    }
+    drop(nginx);
+
+    // Reloads: idle, then under keep-alive load.
+    let reloads = if args.quick { 20 } else { 100 };
+    for _ in 0..if args.quick { 5 } else { 20 } {
+        report.reload_ms.push(reload(&lunchd, &notify)?);
+    }
+    report.reloads_under_load = Some(reloads_under_load(&lunchd, &notify, reloads, duration.max(2.0))?);
+    drop(lunchd);
+
+    // More starts, for a steadier start-to-ready figure.
+    for _ in 0..if args.quick { 2 } else { 4 } {
+        let again = Lunchd::start(&binary, &cert, &scratch, &notify)?;
+        report.start_to_ready_ms.push(ms(again.start_to_ready));
+    }
+
+    report.notes.push(format!(
+        "lunchd serves its lightest real route, {} (`ok\\n` with its usual security headers); nginx serves \
+         `return 200 \"{}\"`",
+        servers::LUNCHD_PATH,
+        servers::NGINX_BODY
+    ));
+    let markdown = report.markdown();
+    println!("{markdown}");
+    std::fs::write(out.join("results.md"), &markdown)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&report.json())?)?;
+    eprintln!("bench: results in {}", out.join("results.{md,json}").display());
+    let failed: Vec<String> = report
+        .runs
+        .iter()
+        .filter(|r| r.outcome.errors > 0)
+        .map(|r| format!("{} {}: {} errors", r.server, r.test.id(), r.outcome.errors))
+        .chain(
+            report
+                .reloads_under_load
+                .iter()
+                .filter(|r| r.outcome.errors > 0)
+                .map(|r| format!("{} failed requests during reloads", r.outcome.errors)),
+        )
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "requests failed: {}", failed.join("; "));
+    Ok(())
+}
+
+fn warm_up(duration: f64) -> f64 {
+    // The tools count whole seconds.
+    (duration / 5.0).clamp(1.0, 2.0)
+}
+
+fn url(test: Test, http: u16, https: u16, lunchd: bool) -> String {
+    let path = if lunchd {
+        servers::LUNCHD_PATH
+    } else {
+        servers::NGINX_PATH
+    };
+    match test {
+        Test::Redirect => format!("http://127.0.0.1:{http}/"),
+        _ => format!("https://127.0.0.1:{https}{path}"),
+    }
+}
+
+fn check_redirect(server: &str, http: u16, https: u16) -> anyhow::Result<()> {
+    let (status, location) = servers::redirect_check(http)?;
+    let want = format!("https://127.0.0.1:{https}/soup?x=1");
+    anyhow::ensure!(
+        matches!(status, 301 | 308) && location == want,
+        "{server}'s redirect answered {status} to {location:?}; expected 301 or 308 to {want}"
+    );
+    Ok(())
+}
+
+/// SIGHUP to READY=1, in milliseconds.
+fn reload(lunchd: &Lunchd, notify: &Notify) -> anyhow::Result<f64> {
+    notify.drain();
+    let start = Instant::now();
+    procs::signal(lunchd.guard.pid(), "HUP")?;
+    let ready = notify.wait_ready(Duration::from_secs(10)).context("after SIGHUP")?;
+    Ok(ms(ready - start))
+}
+
+/// `reloads` reloads spread over a keep-alive load of `seconds`.
+fn reloads_under_load(
+    lunchd: &Lunchd,
+    notify: &Notify,
+    reloads: usize,
+    seconds: f64,
+) -> anyhow::Result<ReloadsUnderLoad> {
+    let url = url(Test::H1, lunchd.http, lunchd.https, true);
+    eprintln!("bench: lunchd: {reloads} reloads during {seconds} s of keep-alive load");
+    let scratch = PathBuf::new();
+    let load = thread::spawn(move || load::run(Test::H1, &url, seconds, &scratch));
+    // Leave the first and last tenth of the run without reloads.
+    thread::sleep(Duration::from_secs_f64(seconds / 10.0));
+    let step = Duration::from_secs_f64(seconds * 0.8 / reloads as f64);
+    let mut reload_ms = Vec::with_capacity(reloads);
+    for _ in 0..reloads {
+        let began = Instant::now();
+        reload_ms.push(reload(lunchd, notify)?);
+        anyhow::ensure!(!load.is_finished(), "the load ended before the reloads did");
+        thread::sleep(step.saturating_sub(began.elapsed()));
+    }
+    let outcome = load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    Ok(ReloadsUnderLoad {
+        reloads,
+        outcome,
+        reload_ms,
+    })
+}
+
+fn ensure_tools(nginx: bool) -> anyhow::Result<()> {
+    let mut wanted = vec![
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+        ("ab", "apache2-utils"),
+        ("openssl", "openssl"),
+        ("curl", "curl"),
+        ("systemd-socket-activate", "systemd"),
+    ];
+    if nginx {
+        wanted.push(("nginx", "nginx-light"));
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: installing {}", missing.join(" "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    anyhow::ensure!(
+        status.success(),
+        "cannot install {}; install them with `apt-get install {}` (as root)",
+        missing.join(" "),
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file())
+}
+
+fn build_lunchd(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: cargo build --release -p lunchd");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "lunchd"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    anyhow::ensure!(status.success(), "cargo build --release -p lunchd failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("release/lunchd"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn median(values: &[f64]) -> f64 {
+    percentile(values, 0.5)
+}
+
+fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+impl Report {
+    fn find(&self, server: &str, test: Test) -> Option<&Run> {
+        self.runs.iter().find(|r| r.server == server && r.test == test)
+    }
+
+    fn peak_rss(&self, server: &str) -> Option<u64> {
+        self.runs
+            .iter()
+            .filter(|r| r.server == server)
+            .map(|r| r.peak_rss_kib)
+            .max()
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+        let _ = writeln!(
+            md,
+            "## Results\n\n{cpus} CPUs, client and server on the same cores; {} s per test after a warm-up; \
+             127.0.0.1 only.\n",
+            self.duration
+        );
+        let _ = writeln!(
+            md,
+            "| test | server | req/s | p50 | p99 | server CPU µs/req | peak RSS MiB | errors |\n|---|---|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &self.runs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.1} | {} |",
+                run.test.title(),
+                run.server,
+                run.outcome.rps,
+                run.outcome.p50_ms,
+                run.outcome.p99_ms,
+                run.us_per_request(),
+                mib(run.peak_rss_kib),
+                run.outcome.errors
+            );
+        }
+        if self.runs.iter().any(|r| r.server == "nginx") {
+            let _ = writeln!(
+                md,
+                "\n### lunchd / nginx\n\n| test | lunchd µs/req | nginx µs/req | ratio | target | req/s ratio |\n|---|---:|---:|---:|---:|---:|"
+            );
+            for test in Test::ALL {
+                let (Some(l), Some(n)) = (self.find("lunchd", test), self.find("nginx", test)) else {
+                    continue;
+                };
+                let ratio = l.us_per_request() / n.us_per_request();
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.2} | {:.2} | **{:.2}×** {} | ≤ {:.1}× | {:.2}× |",
+                    test.title(),
+                    l.us_per_request(),
+                    n.us_per_request(),
+                    ratio,
+                    if ratio <= test.target_ratio() { "✓" } else { "✗" },
+                    test.target_ratio(),
+                    l.outcome.rps / n.outcome.rps
+                );
+            }
+        }
+        let _ = writeln!(md, "\n### Memory (VmRSS summed over the server's processes)\n");
+        let _ = writeln!(md, "| server | idle MiB | peak under load MiB |\n|---|---:|---:|");
+        for (server, idle) in &self.idle_rss_kib {
+            let peak = self
+                .peak_rss(server)
+                .map_or("–".to_owned(), |p| format!("{:.1}", mib(p)));
+            let _ = writeln!(md, "| {server} | {:.1} | {peak} |", mib(*idle));
+        }
+        let _ = writeln!(md, "\n### lunchd lifecycle\n");
+        let _ = writeln!(
+            md,
+            "- start to READY=1 (from the activating connection): median {:.1} ms over {} starts",
+            median(&self.start_to_ready_ms),
+            self.start_to_ready_ms.len()
+        );
+        let _ = writeln!(
+            md,
+            "- reload, SIGHUP to READY=1, idle: median {:.1} ms, max {:.1} ms over {}",
+            median(&self.reload_ms),
+            percentile(&self.reload_ms, 1.0),
+            self.reload_ms.len()
+        );
+        if let Some(r) = &self.reloads_under_load {
+            let _ = writeln!(
+                md,
+                "- {} reloads during HTTP/1.1 keep-alive load: {} requests at {:.0} req/s, **{} failed**; \
+                 reload median {:.1} ms, max {:.1} ms",
+                r.reloads,
+                r.outcome.requests,
+                r.outcome.rps,
+                r.outcome.errors,
+                median(&r.reload_ms),
+                percentile(&r.reload_ms, 1.0)
+            );
+        }
+        let _ = writeln!(md, "\n### Notes\n");
+        for note in &self.notes {
+            let _ = writeln!(md, "- {note}");
+        }
+        for (server, path, size) in &self.sizes {
+            if let Some((head, body)) = size {
+                let _ = writeln!(
+                    md,
+                    "- {server} {path} over HTTP/1.1: {head} bytes of head, {body} bytes of body"
+                );
+            }
+        }
+        match self.handshake_check {
+            Some((full, resumed)) => {
+                let _ = writeln!(
+                    md,
+                    "- ab handshakes, checked with nginx's `$ssl_session_reused`: {full} full, {resumed} resumed"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "- ab's full handshakes were not checked in this run (the check needs `--against nginx`)"
+                );
+            }
+        }
+        for run in self.runs.iter().filter(|r| r.outcome.tls.is_some()) {
+            let _ = writeln!(
+                md,
+                "- {} {}: {}",
+                run.server,
+                run.test.id(),
+                run.outcome.tls.as_deref().unwrap_or_default()
+            );
+        }
+        md
+    }
+
+    fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let runs: Vec<_> = self
+            .runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "server": r.server,
+                    "test": r.test.id(),
+                    "url": r.url,
+                    "requests": r.outcome.requests,
+                    "requests_per_second": r.outcome.rps,
+                    "p50_ms": r.outcome.p50_ms,
+                    "p99_ms": r.outcome.p99_ms,
+                    "errors": r.outcome.errors,
+                    "tls": r.outcome.tls,
+                    "server_cpu_seconds": r.cpu_seconds,
+                    "wall_seconds": r.wall_seconds,
+                    "server_cpu_us_per_request": r.us_per_request(),
+                    "peak_rss_kib": r.peak_rss_kib,
+                })
+            })
+            .collect();
+        json!({
+            "duration_seconds": self.duration,
+            "cpus": thread::available_parallelism().map_or(0, |n| n.get()),
+            "runs": runs,
+            "idle_rss_kib": self.idle_rss_kib.iter().map(|(s, k)| json!({"server": s, "kib": k})).collect::<Vec<_>>(),
+            "start_to_ready_ms": self.start_to_ready_ms,
+            "reload_ms": self.reload_ms,
+            "reloads_under_load": self.reloads_under_load.as_ref().map(|r| json!({
+                "reloads": r.reloads,
+                "requests": r.outcome.requests,
+                "requests_per_second": r.outcome.rps,
+                "failed": r.outcome.errors,
+                "reload_ms": r.reload_ms,
+            })),
+            "ab_handshakes": self.handshake_check.map(|(full, resumed)| json!({"full": full, "resumed": resumed})),
+            "notes": self.notes,
+        })
+    }
 }

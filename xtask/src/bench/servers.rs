@@ -1,0 +1,324 @@
+//! The servers under test: lunchd under `systemd-socket-activate`, and
+//! Debian's nginx configured for the same work.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::procs::{self, Guard};
+
+/// The body nginx answers, `<h1>Soup</h1>`.
+pub(crate) const NGINX_BODY: &str = "<h1>Soup</h1>";
+/// lunchd's lightest real route: `ok\n` with lunchd's usual headers.
+pub(crate) const LUNCHD_PATH: &str = "/healthz";
+/// nginx's `return 200` location.
+pub(crate) const NGINX_PATH: &str = "/";
+/// nginx's location that logs `$ssl_session_reused`, for the handshake check.
+const NGINX_VERIFY_PATH: &str = "/verify-full-handshakes";
+
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An ECDSA P-256 key and a self-signed certificate for localhost and
+/// 127.0.0.1, made with openssl.
+pub(crate) struct Certificate {
+    pub(crate) key: PathBuf,
+    pub(crate) chain: PathBuf,
+}
+
+impl Certificate {
+    pub(crate) fn generate(dir: &Path) -> anyhow::Result<Certificate> {
+        let key = dir.join("key.pem");
+        let chain = dir.join("cert.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&chain)
+            .args([
+                "-days",
+                "30",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl (Debian package openssl)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl could not make a certificate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Certificate { key, chain })
+    }
+}
+
+/// A `NOTIFY_SOCKET` listener, as systemd would have.
+pub(crate) struct Notify {
+    pub(crate) path: PathBuf,
+    socket: UnixDatagram,
+}
+
+impl Notify {
+    pub(crate) fn bind(path: PathBuf) -> anyhow::Result<Notify> {
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        Ok(Notify { path, socket })
+    }
+
+    /// Waits for a message with the line `READY=1`, at most `timeout`.
+    pub(crate) fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("no READY=1 within {timeout:?}"))?;
+            self.socket.set_read_timeout(Some(left))?;
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    let now = Instant::now();
+                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                        return Ok(now);
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    anyhow::bail!("no READY=1 within {timeout:?}")
+                }
+                Err(e) => return Err(e).context("reading the notify socket"),
+            }
+        }
+    }
+
+    /// Drops messages already received.
+    pub(crate) fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        let _ = self.socket.set_nonblocking(true);
+        while self.socket.recv(&mut buf).is_ok() {}
+        let _ = self.socket.set_nonblocking(false);
+    }
+}
+
+/// lunchd, socket-activated and ready.
+pub(crate) struct Lunchd {
+    pub(crate) guard: Guard,
+    pub(crate) http: u16,
+    pub(crate) https: u16,
+    /// From the activating connection to READY=1.
+    pub(crate) start_to_ready: Duration,
+}
+
+impl Lunchd {
+    /// Starts `systemd-socket-activate` with sockets named `http` and
+    /// `https`, activates lunchd with a first connection, and waits for
+    /// READY=1.
+    pub(crate) fn start(binary: &Path, cert: &Certificate, dir: &Path, notify: &Notify) -> anyhow::Result<Lunchd> {
+        let (http, https) = (free_port()?, free_port()?);
+        let config = dir.join("lunchd.toml");
+        std::fs::write(&config, "[log]\nlevel = \"info\"\n")?;
+        notify.drain();
+        let mut child = Command::new("systemd-socket-activate")
+            .arg(format!("--listen=127.0.0.1:{http}"))
+            .arg("--fdname=http")
+            .arg(format!("--listen=127.0.0.1:{https}"))
+            .arg("--fdname=https")
+            .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.path.display()))
+            .arg(binary)
+            .arg("--config")
+            .arg(&config)
+            .arg("--key")
+            .arg(&cert.key)
+            .arg("--certificate")
+            .arg(&cert.chain)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting systemd-socket-activate (Debian package systemd)")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let guard = Guard::new("lunchd", child);
+        let listening = procs::watch_lines(stderr, &dir.join("lunchd.log"), "Listening on")?;
+        for _ in 0..2 {
+            listening
+                .recv_timeout(Duration::from_secs(10))
+                .context("systemd-socket-activate did not listen within 10 s")?;
+        }
+        let activated = Instant::now();
+        // The first connection makes systemd-socket-activate exec lunchd.
+        let trigger = TcpStream::connect(("127.0.0.1", https)).context("activating lunchd")?;
+        let ready = notify
+            .wait_ready(Duration::from_secs(15))
+            .with_context(|| format!("lunchd did not get ready; see {}", dir.join("lunchd.log").display()))?;
+        drop(trigger);
+        Ok(Lunchd {
+            guard,
+            http,
+            https,
+            start_to_ready: ready - activated,
+        })
+    }
+}
+
+/// nginx with `return 200` and `return 301` servers.
+pub(crate) struct Nginx {
+    pub(crate) guard: Guard,
+    pub(crate) http: u16,
+    pub(crate) https: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub(crate) fn start(cert: &Certificate, dir: &Path) -> anyhow::Result<Nginx> {
+        let (http, https) = (free_port()?, free_port()?);
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&dir, cert, http, https))?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (Debian package nginx-light)")?;
+        let mut guard = Guard::new("nginx", child).stop_with("QUIT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", https)).is_err() {
+            anyhow::ensure!(
+                guard.running() && Instant::now() < deadline,
+                "nginx did not start; see {}",
+                dir.join("error.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx {
+            guard,
+            http,
+            https,
+            dir,
+        })
+    }
+
+    /// Checks with nginx's `$ssl_session_reused` that `ab` makes a full
+    /// handshake on every connection: (full, resumed).
+    pub(crate) fn ab_handshakes(&self) -> anyhow::Result<(usize, usize)> {
+        // nginx opened the log at start; it only ever gets these lines.
+        let log = self.dir.join("session-reused.log");
+        super::load::ab_count(&format!("https://127.0.0.1:{}{NGINX_VERIFY_PATH}", self.https), 200)?;
+        // nginx writes the line after the response; give the last ones a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        let full = text.lines().filter(|l| l.trim() == ".").count();
+        let resumed = text.lines().filter(|l| l.trim() == "r").count();
+        Ok((full, resumed))
+    }
+}
+
+fn nginx_conf(dir: &Path, cert: &Certificate, http: u16, https: u16) -> String {
+    let dir = dir.display();
+    let (key, chain) = (cert.key.display(), cert.chain.display());
+    format!(
+        r#"# Written by `cargo xtask bench`: the same work as lunchd's.
+worker_processes auto;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    default_type text/html;
+    client_body_temp_path {dir}/body;
+    log_format reused '$ssl_session_reused';
+    server {{
+        listen 127.0.0.1:{https} ssl http2;
+        ssl_certificate {chain};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        location / {{ return 200 "{NGINX_BODY}"; }}
+        location = {NGINX_VERIFY_PATH} {{
+            access_log {dir}/session-reused.log reused;
+            return 200 "{NGINX_BODY}";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{http};
+        return 301 https://$host:{https}$request_uri;
+    }}
+}}
+"#
+    )
+}
+
+/// `GET /` on a plain HTTP port: the status code and the Location header.
+pub(crate) fn redirect_check(port: u16) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /soup?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.take(64 * 1024).read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    let location = response
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("location").then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, location))
+}
+
+/// Bytes of the response head and body over HTTPS, with curl.
+pub(crate) fn response_size(url: &str) -> Option<(u64, u64)> {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_header} %{size_download}",
+        ])
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut words = text.split_whitespace();
+    (words.next()? == "200").then_some(())?;
+    Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+}
