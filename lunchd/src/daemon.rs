@@ -39,21 +39,32 @@ pub struct Setup {
     pub certificate: LoadedCertificate,
 }
 
-/// The key and chain files in effect for `config`, if any.
-pub fn certificate_files(config: &Config, cli: Option<&CertificateFiles>) -> Option<CertificateFiles> {
-    cli.cloned().or_else(|| match (&config.key, &config.certificate) {
-        (Some(key), Some(chain)) => Some(CertificateFiles {
+/// Loads and checks the key and chain in effect for `config`: the command
+/// line's files, or else the configuration's; `None` when neither names
+/// any. With `reload_dir`, refreshed copies of the command line's files
+/// there win (`--reload-credentials`).
+pub fn load_certificate(
+    config: &Config,
+    cli: Option<&CertificateFiles>,
+    reload_dir: Option<&Path>,
+) -> anyhow::Result<Option<LoadedCertificate>> {
+    let files = match (cli, &config.key, &config.certificate) {
+        (Some(files), _, _) => refreshed_files(files.clone(), reload_dir),
+        (None, Some(key), Some(chain)) => CertificateFiles {
             key: key.clone(),
             chain: chain.clone(),
-        }),
-        _ => None,
-    })
+        },
+        _ => return Ok(None),
+    };
+    let certificate = LoadedCertificate::load(&files, std::time::SystemTime::now())?;
+    check_names(config, &certificate)?;
+    Ok(Some(certificate))
 }
 
 /// Refuses a certificate that does not cover the hosts the configuration
 /// redirects to (`[http] canonical_host`, `allowed_hosts`): browsers sent
 /// there would only get a certificate error.
-pub fn check_names(config: &Config, certificate: &LoadedCertificate) -> anyhow::Result<()> {
+fn check_names(config: &Config, certificate: &LoadedCertificate) -> anyhow::Result<()> {
     let info = certificate.info();
     let mut wanted: Vec<(&str, &str)> = Vec::new();
     wanted.extend(config.canonical_host.as_deref().map(|h| (h, "[http] canonical_host")));
@@ -229,15 +240,7 @@ impl Daemon {
                 Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
                 None => Config::default(),
             };
-            let files = certificate_files(&config, cli_files.as_ref())
-                .map(|files| refreshed_files(files, cli_files.is_some(), reload_dir.as_deref()));
-            let certificate = match files {
-                Some(files) => Some(LoadedCertificate::load(&files, std::time::SystemTime::now())?),
-                None => None,
-            };
-            if let Some(certificate) = &certificate {
-                check_names(&config, certificate)?;
-            }
+            let certificate = load_certificate(&config, cli_files.as_ref(), reload_dir.as_deref())?;
             Ok((config, certificate))
         })
         .await
@@ -271,8 +274,8 @@ impl Daemon {
 
 /// The refreshed copies of the command line's key and chain in
 /// `reload_dir`, when both are there; otherwise `files` unchanged.
-fn refreshed_files(files: CertificateFiles, from_cli: bool, reload_dir: Option<&Path>) -> CertificateFiles {
-    let (Some(dir), true) = (reload_dir, from_cli) else {
+fn refreshed_files(files: CertificateFiles, reload_dir: Option<&Path>) -> CertificateFiles {
+    let Some(dir) = reload_dir else {
         return files;
     };
     let (Some(key), Some(chain)) = (files.key.file_name(), files.chain.file_name()) else {

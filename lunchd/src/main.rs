@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use lunch_net::sockets::{self, Expect, ListenEnv};
-use lunch_net::tls::{CertificateFiles, LoadedCertificate};
+use lunch_net::tls::CertificateFiles;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -88,12 +88,10 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         (Some(key), Some(chain)) => Some(CertificateFiles { key, chain }),
         _ => None,
     };
-    let certificate = match daemon::certificate_files(&config, cli_files.as_ref()) {
-        Some(files) => {
-            let certificate = LoadedCertificate::load(&files, std::time::SystemTime::now())?;
-            daemon::check_names(&config, &certificate)?;
-            certificate
-        }
+    // At start the command line's files are read as given; refreshed
+    // copies only matter for a reload.
+    let certificate = match daemon::load_certificate(&config, cli_files.as_ref(), None)? {
+        Some(certificate) => certificate,
         None => {
             tracing::warn!(
                 "no certificate configured: serving a generated self-signed development certificate for localhost; \
