@@ -17,12 +17,7 @@ fn start(dir: &std::path::Path, ca: &TestCa, names: &[&str], order: Vec<&'static
     std::fs::write(&config_path, config).unwrap();
     Lunchd::start(Start {
         names: order,
-        args: vec![
-            format!("--config={}", config_path.display()),
-            format!("--key={}", key.display()),
-            format!("--certificate={}", chain.display()),
-        ],
-        ..Start::default()
+        ..Start::with_certificate(&key, &chain, &[format!("--config={}", config_path.display())])
     })
 }
 
@@ -230,13 +225,7 @@ async fn reload_serves_the_new_certificate_without_dropping_connections() {
     let ca = TestCa::new();
     let first = ca.issue(&["lunch.test"], 1);
     let (key, chain) = write_leaf(dir.path(), &first);
-    let lunchd = Lunchd::start(Start {
-        args: vec![
-            format!("--key={}", key.display()),
-            format!("--certificate={}", chain.display()),
-        ],
-        ..Start::default()
-    });
+    let lunchd = Lunchd::start(Start::with_certificate(&key, &chain, &[]));
     let https = lunchd.port("https");
     let mut before = TlsConnection::connect(https, "lunch.test", ca.client_config(&[b"http/1.1"])).await;
     let mut before_h2 = TlsConnection::connect(https, "lunch.test", ca.client_config(&[b"h2"])).await;
@@ -290,14 +279,11 @@ async fn reload_prefers_refreshed_credentials() {
     let chain = credentials.path().join("fullchain.pem");
     std::fs::write(&key, &first.key_pem).unwrap();
     std::fs::write(&chain, &first.chain_pem).unwrap();
-    let lunchd = Lunchd::start(Start {
-        args: vec![
-            format!("--key={}", key.display()),
-            format!("--certificate={}", chain.display()),
-            format!("--reload-credentials={}", runtime.path().display()),
-        ],
-        ..Start::default()
-    });
+    let lunchd = Lunchd::start(Start::with_certificate(
+        &key,
+        &chain,
+        &[format!("--reload-credentials={}", runtime.path().display())],
+    ));
     let https = lunchd.port("https");
     let client = || TlsConnection::connect(https, "lunch.test", ca.client_config(&[b"h2"]));
     assert_eq!(client().await.serial, first.serial);

@@ -97,14 +97,11 @@ fn the_page_in_headless_chromium() {
     let (key, chain) = write_leaf(dir.path(), &leaf);
     let config = dir.path().join("lunchd.toml");
     std::fs::write(&config, MENU).unwrap();
-    let lunchd = Lunchd::start(Start {
-        args: vec![
-            format!("--config={}", config.display()),
-            format!("--key={}", key.display()),
-            format!("--certificate={}", chain.display()),
-        ],
-        ..Start::default()
-    });
+    let lunchd = Lunchd::start(Start::with_certificate(
+        &key,
+        &chain,
+        &[format!("--config={}", config.display())],
+    ));
     let origin = format!("https://lunch.test:{}", lunchd.port("https"));
 
     let mut browser = Browser::launch(&chromium, dir.path(), &spki_hash(&leaf.chain_pem));
@@ -209,13 +206,7 @@ async fn every_https_answer_carries_the_security_headers() {
     let ca = TestCa::new();
     let leaf = ca.issue(&["lunch.test"], 2);
     let (key, chain) = write_leaf(dir.path(), &leaf);
-    let lunchd = Lunchd::start(Start {
-        args: vec![
-            format!("--key={}", key.display()),
-            format!("--certificate={}", chain.display()),
-        ],
-        ..Start::default()
-    });
+    let lunchd = Lunchd::start(Start::with_certificate(&key, &chain, &[]));
     let https = lunchd.port("https");
     for alpn in [&b"h2"[..], b"http/1.1"] {
         let mut connection = TlsConnection::connect(https, "lunch.test", ca.client_config(&[alpn])).await;

@@ -23,13 +23,12 @@ fn start(dir: &Path, notify: &NotifySocket, env: &[(&str, &str)]) -> Lunchd {
     let mut vars = vec![("NOTIFY_SOCKET".to_owned(), notify.path.display().to_string())];
     vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Lunchd::start(Start {
-        args: vec![
-            format!("--config={}", config.display()),
-            format!("--key={}", dir.join("key.pem").display()),
-            format!("--certificate={}", dir.join("fullchain.pem").display()),
-        ],
         env: vars,
-        ..Start::default()
+        ..Start::with_certificate(
+            &dir.join("key.pem"),
+            &dir.join("fullchain.pem"),
+            &[format!("--config={}", config.display())],
+        )
     })
 }
 

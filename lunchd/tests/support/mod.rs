@@ -189,6 +189,22 @@ impl Default for Start {
     }
 }
 
+impl Start {
+    /// Sockets `http` and `https`, serving the key and chain at `key` and
+    /// `chain`, then `extra` arguments.
+    pub fn with_certificate(key: &Path, chain: &Path, extra: &[String]) -> Start {
+        let mut args = vec![
+            format!("--key={}", key.display()),
+            format!("--certificate={}", chain.display()),
+        ];
+        args.extend_from_slice(extra);
+        Start {
+            args,
+            ..Start::default()
+        }
+    }
+}
+
 /// lunchd running under `systemd-socket-activate`.
 pub struct Lunchd {
     pub child: Child,
