@@ -10,23 +10,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
-/// A client connects, the server is told to stop, then the request
-/// arrives: the server answers it before closing, rather than closing the
-/// connection as idle (what a restart right after a connection did).
-#[tokio::test]
-async fn a_request_arriving_as_the_server_stops_is_answered() {
+/// A running server with one accepted client connection: the client, the
+/// stop trigger and the server's task.
+async fn one_connection(
+    router: Router,
+    limits: Limits,
+) -> (tokio::net::TcpStream, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = Router::new().route("/", get(|| async { "lunch" }));
-    let server = Server::plain("http", listener, router, Limits::default()).unwrap();
+    let server = Server::plain("http", listener, router, limits).unwrap();
     let stats = server.stats();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async {
         let _ = stop_rx.await;
     }));
-
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
     for _ in 0..500 {
         if stats.active.load(Ordering::Relaxed) == 1 {
             break;
@@ -38,6 +37,16 @@ async fn a_request_arriving_as_the_server_stops_is_answered() {
         1,
         "the connection was not accepted"
     );
+    (client, stop_tx, running)
+}
+
+/// A client connects, the server is told to stop, then the request
+/// arrives: the server answers it before closing, rather than closing the
+/// connection as idle (what a restart right after a connection did).
+#[tokio::test]
+async fn a_request_arriving_as_the_server_stops_is_answered() {
+    let router = Router::new().route("/", get(|| async { "lunch" }));
+    let (mut client, stop_tx, running) = one_connection(router, Limits::default()).await;
     stop_tx.send(()).unwrap();
     // Let the server act on the stop before the request arrives.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -63,27 +72,12 @@ async fn a_request_arriving_as_the_server_stops_is_answered() {
 /// the whole header timeout.
 #[tokio::test]
 async fn a_silent_connection_does_not_hold_up_the_stop() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let limits = Limits {
         header_timeout: Duration::from_secs(3600),
         drain_timeout: Duration::from_secs(600),
         ..Limits::default()
     };
-    let server = Server::plain("http", listener, Router::new(), limits).unwrap();
-    let stats = server.stats();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async {
-        let _ = stop_rx.await;
-    }));
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    for _ in 0..500 {
-        if stats.active.load(Ordering::Relaxed) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (mut client, stop_tx, running) = one_connection(Router::new(), limits).await;
     stop_tx.send(()).unwrap();
     timeout(Duration::from_secs(30), running)
         .await
