@@ -254,13 +254,7 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let Some(raw) = raw else {
         return Err(ConfigErrors(errors));
     };
-    if !errors.is_empty() {
-        // Semantic checks on what remains still add their findings.
-        Config::from_raw(raw, Some(path), &mut |key, message| {
-            errors.push(at(key.to_owned(), span_of(spans.get_ref(), key), message));
-        });
-        return Err(ConfigErrors(errors));
-    }
+    // Semantic checks run on what deserialized, adding to any errors above.
     let config = Config::from_raw(raw, Some(path), &mut |key, message| {
         errors.push(at(key.to_owned(), span_of(spans.get_ref(), key), message));
     });
@@ -451,30 +445,25 @@ impl Config {
         };
         let http_listen = address("http.listen", raw.http.listen, "127.0.0.1:8080");
         let https_listen = address("https.listen", raw.https.listen, "127.0.0.1:8443");
-        let canonical_host =
-            raw.http
-                .canonical_host
-                .and_then(|host| match lunch_net::redirect::normalise_host(&host) {
-                    Some(h) if !host.contains(':') || host.starts_with('[') => Some(h),
-                    _ => {
-                        report(
-                            "http.canonical_host",
-                            format!("`{host}` is not a host name or IP address (without a port)"),
-                        );
-                        None
-                    }
-                });
+        let canonical_host = raw.http.canonical_host.and_then(|host| match host_name(&host) {
+            Some(h) => Some(h),
+            None => {
+                report(
+                    "http.canonical_host",
+                    format!("`{host}` is not a host name or IP address (without a port)"),
+                );
+                None
+            }
+        });
         let allowed_hosts = raw.http.allowed_hosts.map(|hosts| {
             hosts
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, host)| {
                     let plain = host.strip_prefix("*.").unwrap_or(&host);
-                    match lunch_net::redirect::normalise_host(plain) {
-                        Some(h) if !plain.contains(':') || plain.starts_with('[') => {
-                            Some(if host.starts_with("*.") { format!("*.{h}") } else { h })
-                        }
-                        _ => {
+                    match host_name(plain) {
+                        Some(h) => Some(if host.starts_with("*.") { format!("*.{h}") } else { h }),
+                        None => {
                             report(
                                 &format!("http.allowed_hosts[{}]", i + 1),
                                 format!("`{host}` is not a host name, wildcard or IP address"),
@@ -589,6 +578,13 @@ impl Config {
             log_level,
         }
     }
+}
+
+/// A configured host name or IP address, normalised as the redirect
+/// server compares them; `None` for anything else, such as a name with a
+/// port.
+fn host_name(text: &str) -> Option<String> {
+    lunch_net::redirect::normalise_host(text).filter(|_| !text.contains(':') || text.starts_with('['))
 }
 
 /// `+HH:MM` or `-HH:MM` (or `Z`) to minutes.
