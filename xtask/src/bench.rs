@@ -337,31 +337,13 @@ fn ensure_tools(nginx: bool) -> anyhow::Result<()> {
     }
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(tool, _)| !on_path(tool))
+        .filter(|(tool, _)| !crate::system::on_path(tool))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("bench: installing {}", missing.join(" "));
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?;
-    anyhow::ensure!(
-        status.success(),
-        "cannot install {}; install them with `apt-get install {}` (as root)",
-        missing.join(" "),
-        missing.join(" ")
-    );
-    Ok(())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file())
+    crate::system::apt_install("bench", &missing)
 }
 
 fn build_lunchd(root: &Path) -> anyhow::Result<PathBuf> {

@@ -21,6 +21,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use self::container::{Boot, Container};
+use crate::system::on_path;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -137,30 +138,20 @@ fn catch_interrupts() {
 
 /// Why the run cannot happen here, or the missing package installed.
 fn preflight() -> anyhow::Result<()> {
-    if !rustix::process::geteuid().is_root() {
+    if !crate::system::is_root() {
         bail!("the e2e run boots a container and must run as root; run it with sudo (CI runs it as root)");
     }
     if !Path::new("/usr/lib/systemd/systemd").exists() {
         bail!("no systemd in /usr/lib/systemd/systemd to boot; install the `systemd` package");
     }
-    if !have("systemd-nspawn") {
-        if !have("apt-get") {
-            bail!(
-                "systemd-nspawn is missing; install systemd-container (Debian/Ubuntu) or your distribution's equivalent"
-            );
-        }
-        println!("e2e: installing systemd-container");
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "systemd-container"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?;
-        if !status.success() || !have("systemd-nspawn") {
-            bail!("installing systemd-container failed; install it by hand (`apt-get install systemd-container`)");
+    if !on_path("systemd-nspawn") {
+        crate::system::apt_install("e2e", &["systemd-container"])?;
+        if !on_path("systemd-nspawn") {
+            bail!("installing systemd-container left no systemd-nspawn; install it by hand");
         }
     }
     for tool in ["unshare", "nsenter", "timeout", "setpriv", "curl"] {
-        if !have(tool) {
+        if !on_path(tool) {
             bail!("`{tool}` is missing; install util-linux, coreutils and curl");
         }
     }
@@ -172,13 +163,6 @@ fn preflight() -> anyhow::Result<()> {
         bail!("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified; systemd-nspawn needs one");
     }
     Ok(())
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn remove_staging(staging: &Path) -> anyhow::Result<()> {

@@ -514,7 +514,7 @@ pub(crate) struct Analyzed {
 /// /run/systemd/systemd-units-load, which must not appear on a host (or
 /// container) whose PID 1 is not systemd.
 pub(crate) fn systemd_analyze(args: &[String]) -> anyhow::Result<Analyzed> {
-    let mut command = if is_root() {
+    let mut command = if crate::system::is_root() {
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd || exit 1; fi; exec \"$0\" \"$@\"")
@@ -531,16 +531,6 @@ pub(crate) fn systemd_analyze(args: &[String]) -> anyhow::Result<Analyzed> {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-            .unwrap_or(false)
     })
 }
 

@@ -11,6 +11,7 @@ mod e2e;
 mod fuzz;
 mod install;
 mod screenshot;
+mod system;
 
 /// lunchd's development tasks.
 #[derive(Debug, Parser)]

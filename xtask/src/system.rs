@@ -1,0 +1,48 @@
+//! Facts about the machine the tasks run on, and installing what they need
+//! from Debian.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+
+/// Whether the process runs as root.
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Whether `tool` is on the PATH, or in the sbin directories a non-root
+/// PATH may lack.
+pub(crate) fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file())
+}
+
+/// `apt-get install` of `packages`, non-interactive; `task` names the caller
+/// in the progress line.
+pub(crate) fn apt_install(task: &str, packages: &[&str]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        on_path("apt-get"),
+        "{} missing and there is no apt-get; install the equivalent of Debian's {} by hand",
+        if packages.len() == 1 {
+            "a package is"
+        } else {
+            "packages are"
+        },
+        packages.join(" ")
+    );
+    eprintln!("{task}: installing {}", packages.join(" "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    anyhow::ensure!(
+        status.success(),
+        "cannot install {}; install them with `apt-get install {}` (as root)",
+        packages.join(" "),
+        packages.join(" ")
+    );
+    Ok(())
+}
