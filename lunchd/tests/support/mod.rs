@@ -217,7 +217,22 @@ impl Lunchd {
     /// Starts `systemd-socket-activate` with one listening socket per name
     /// and waits until it listens. lunchd itself starts on the first
     /// connection, like a service behind socket units.
+    ///
+    /// A port found free can be taken again before it is bound (by another
+    /// test, or as the local port of an outgoing connection); then it starts
+    /// over with new ports.
     pub fn start(start: Start) -> Lunchd {
+        let mut attempts = 0;
+        loop {
+            match Lunchd::try_start(&start) {
+                Ok(lunchd) => return lunchd,
+                Err(log) if log.contains("Address already in use") && attempts < 5 => attempts += 1,
+                Err(log) => panic!("systemd-socket-activate did not listen:\n{log}"),
+            }
+        }
+    }
+
+    fn try_start(start: &Start) -> Result<Lunchd, String> {
         let ports: Vec<(&'static str, u16)> = start.names.iter().map(|n| (*n, free_port())).collect();
         let mut command = Command::new("systemd-socket-activate");
         for (name, port) in &ports {
@@ -264,11 +279,15 @@ impl Lunchd {
             let _ = BufReader::new(stdout).read_to_string(&mut out);
             sink.lock().unwrap().push_str(&out);
         });
-        for _ in &ports {
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("systemd-socket-activate did not listen");
+        let mut lunchd = Lunchd { child, ports, log };
+        for _ in &lunchd.ports {
+            if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                let _ = lunchd.child.kill();
+                let _ = lunchd.child.wait();
+                return Err(lunchd.log());
+            }
         }
-        Lunchd { child, ports, log }
+        Ok(lunchd)
     }
 
     pub fn port(&self, name: &str) -> u16 {
