@@ -1,4 +1,4 @@
-//! Whole HTTP/1 requests, as raw bytes, to the plain-HTTP server's router
+//! Whole HTTP/1 requests, as raw bytes, to the plain-HTTP server's handler
 //! under hyper: every `Location` names an allowed host over https, and no
 //! request reads a file outside the ACME webroot.
 #![no_main]
@@ -8,9 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use libfuzzer_sys::fuzz_target;
-use lunch_net::redirect::{AllowedHosts, RedirectPolicy, SharedPolicy};
+use lunch_net::redirect::{AllowedHosts, RedirectPolicy, Redirector, SharedPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// In a file next to the webroot; no response may contain it.
@@ -56,10 +55,9 @@ fn allowed(host: &str) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let fixture = fixture();
-    let router = lunch_net::redirect::router(Arc::clone(&fixture.policy));
+    let service = Redirector::new(Arc::clone(&fixture.policy));
     let response = fixture.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let service = TowerToHyperService::new(router);
         let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size(16 * 1024)
             .serve_connection(TokioIo::new(server), service);

@@ -7,11 +7,12 @@
 //!   allowed host names only, and ACME http-01 challenges from a webroot;
 //! - [`tls`] loads and checks the certificate and swaps it atomically on
 //!   reload;
-//! - [`Server`] runs either on a listener with bounded time, size and
+//! - [`Server`] runs a [`Handler`] (the redirector, or an axum router
+//!   through [`router_handler`]) on a listener with bounded time, size and
 //!   connection count, and drains gracefully on shutdown.
 //!
 //! This crate never chooses a port, a path or a name: it is handed
-//! listeners, certificate files and a router.
+//! listeners, certificate files and a handler.
 
 mod idle;
 pub mod redirect;
@@ -19,10 +20,19 @@ mod server;
 pub mod sockets;
 pub mod tls;
 
-pub use server::{Limits, Probe, Server, Stats};
+pub use server::{Handler, Limits, Probe, Server, Stats};
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
+use hyper_util::service::TowerToHyperService;
+
+/// An axum [`Router`] as a [`Handler`].
+pub type RouterHandler = TowerToHyperService<Router>;
+
+/// Serves `router` (the HTTPS application) with a [`Server`].
+pub fn router_handler(router: Router) -> RouterHandler {
+    TowerToHyperService::new(router)
+}
 
 /// Adds `Strict-Transport-Security: max-age=<max_age>` to every response of
 /// `router`, unless the handler already set one.

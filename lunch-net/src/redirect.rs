@@ -6,15 +6,19 @@
 //! it must be a name the configuration (or the serving certificate) allows,
 //! else the configured canonical host is used, else the answer is 400.
 
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::tls::{CertificateStore, name_matches};
@@ -63,26 +67,77 @@ pub enum RedirectError {
 /// A redirect policy that can be replaced while serving (on reload).
 pub type SharedPolicy = Arc<ArcSwap<RedirectPolicy>>;
 
-/// The router of the plain-HTTP server.
-pub fn router(policy: SharedPolicy) -> Router {
-    Router::new().fallback(handle).with_state(policy)
+/// The plain-HTTP server's request handler, a hyper service.
+///
+/// Every request on port 80 lands here, so it is a plain service rather
+/// than an axum `Router`: a redirect is answered without boxing a future,
+/// cloning a route or allocating request extensions.
+#[derive(Debug, Clone)]
+pub struct Redirector {
+    policy: SharedPolicy,
 }
 
-async fn handle(State(policy): State<SharedPolicy>, request: Request) -> Response {
-    let policy = policy.load_full();
-    let path = request.uri().path();
-    if let (Some(webroot), Some(token)) = (&policy.acme_webroot, path.strip_prefix(ACME_PREFIX)) {
-        if matches!(*request.method(), Method::GET | Method::HEAD) {
-            return serve_challenge(webroot, token).await;
+impl Redirector {
+    /// Answers with `policy` as it is at each request.
+    pub fn new(policy: SharedPolicy) -> Redirector {
+        Redirector { policy }
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for Redirector {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RedirectFuture;
+
+    fn call(&self, request: Request<B>) -> RedirectFuture {
+        let policy = self.policy.load();
+        let path = request.uri().path();
+        if let (Some(webroot), Some(token)) = (&policy.acme_webroot, path.strip_prefix(ACME_PREFIX)) {
+            if matches!(*request.method(), Method::GET | Method::HEAD) {
+                let (webroot, token) = (webroot.clone(), token.to_owned());
+                return RedirectFuture(Answer::Challenge(Box::pin(async move {
+                    serve_challenge(&webroot, &token).await
+                })));
+            }
+        }
+        RedirectFuture(Answer::Ready(Some(redirect(&policy, &request))))
+    }
+}
+
+/// The answer of a [`Redirector`]: ready at once, except for an ACME
+/// challenge, which reads a file.
+pub struct RedirectFuture(Answer);
+
+enum Answer {
+    Ready(Option<Response>),
+    Challenge(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+impl Future for RedirectFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            Answer::Ready(response) => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+            Answer::Challenge(future) => future.as_mut().poll(cx).map(Ok),
         }
     }
+}
+
+impl std::fmt::Debug for RedirectFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedirectFuture")
+    }
+}
+
+fn redirect<B>(policy: &RedirectPolicy, request: &Request<B>) -> Response {
     let host = request
         .uri()
         .authority()
         .map(|a| a.as_str())
         .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
     let path_and_query = request.uri().path_and_query().map_or("", |pq| pq.as_str());
-    match redirect_target(&policy, host, path_and_query) {
+    match redirect_target(policy, host, path_and_query) {
         Ok(location) => {
             // 301 for GET and HEAD, which every client and crawler
             // understands and caches; 308 otherwise so the method and body
@@ -91,9 +146,13 @@ async fn handle(State(policy): State<SharedPolicy>, request: Request) -> Respons
                 Method::GET | Method::HEAD => StatusCode::MOVED_PERMANENTLY,
                 _ => StatusCode::PERMANENT_REDIRECT,
             };
-            let location = HeaderValue::from_str(&location)
+            // Takes the string's buffer without copying it.
+            let location = HeaderValue::try_from(location)
                 .unwrap_or_else(|_| unreachable!("redirect targets are built from checked ASCII"));
-            (status, [(header::LOCATION, location)], Body::empty()).into_response()
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = status;
+            response.headers_mut().insert(header::LOCATION, location);
+            response
         }
         Err(e) => (
             StatusCode::BAD_REQUEST,
@@ -119,16 +178,24 @@ pub fn redirect_target(
     let host = host
         .and_then(normalise_host)
         .filter(|h| policy.allows(h))
-        .or_else(|| policy.canonical.clone())
+        .or_else(|| policy.canonical.as_deref().map(Cow::Borrowed))
         .ok_or(RedirectError::UnknownHost)?;
-    let host = match host.parse::<Ipv6Addr>() {
-        Ok(_) => format!("[{host}]"),
-        Err(_) => host,
-    };
-    Ok(match policy.https_port {
-        443 => format!("https://{host}{path_and_query}"),
-        port => format!("https://{host}:{port}{path_and_query}"),
-    })
+    // "https://" + "[" + host + "]" + ":65535" + path
+    let mut url = String::with_capacity(16 + host.len() + path_and_query.len());
+    url.push_str("https://");
+    // Normalised IPv6 addresses are the only hosts with a colon.
+    if host.contains(':') {
+        url.push('[');
+        url.push_str(&host);
+        url.push(']');
+    } else {
+        url.push_str(&host);
+    }
+    if policy.https_port != 443 {
+        let _ = write!(url, ":{}", policy.https_port);
+    }
+    url.push_str(path_and_query);
+    Ok(url)
 }
 
 impl RedirectPolicy {
@@ -142,8 +209,9 @@ impl RedirectPolicy {
 
 /// The host part of a Host header value, lowercase, without port or
 /// trailing dot, with IPv6 brackets removed; `None` unless it is a
-/// syntactically valid DNS name or IP address.
-pub fn normalise_host(value: &str) -> Option<String> {
+/// syntactically valid DNS name or IP address. Borrowed from `value` when
+/// that is already in normal form, as it is from most clients.
+pub fn normalise_host(value: &str) -> Option<Cow<'_, str>> {
     if value.len() > 260 {
         return None;
     }
@@ -152,7 +220,7 @@ pub fn normalise_host(value: &str) -> Option<String> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        return inside.parse::<Ipv6Addr>().ok().map(|ip| ip.to_string());
+        return inside.parse::<Ipv6Addr>().ok().map(|ip| Cow::Owned(ip.to_string()));
     } else {
         match value.rsplit_once(':') {
             Some((host, port)) if valid_port(port) => host,
@@ -160,9 +228,18 @@ pub fn normalise_host(value: &str) -> Option<String> {
             None => value,
         }
     };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(ip.to_string());
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    match host.parse::<IpAddr>() {
+        // Rust parses IPv4 only in its canonical dotted-decimal form (no
+        // leading zeros), so it is already normal.
+        Ok(IpAddr::V4(_)) => return Some(host),
+        Ok(ip @ IpAddr::V6(_)) => return Some(Cow::Owned(ip.to_string())),
+        Err(_) => {}
     }
     let labels_ok = !host.is_empty()
         && host.len() <= 253
@@ -295,6 +372,27 @@ mod tests {
         }
         let long = "a".repeat(10_000);
         check(&canonical, Some(&long), "/", Ok("https://lunch.example.com/"));
+    }
+
+    #[test]
+    fn hosts_are_normalised_without_copying_normal_ones() {
+        assert!(matches!(
+            normalise_host("127.0.0.1:8080"),
+            Some(Cow::Borrowed("127.0.0.1"))
+        ));
+        assert!(matches!(
+            normalise_host("lunch.example.com"),
+            Some(Cow::Borrowed("lunch.example.com"))
+        ));
+        assert_eq!(
+            normalise_host("Lunch.Example.COM.").as_deref(),
+            Some("lunch.example.com")
+        );
+        assert_eq!(normalise_host("[0:0::1]:80").as_deref(), Some("::1"));
+        // Not an IPv4 address (leading zeros), so only ever a DNS-like name
+        // that no certificate or list will allow.
+        assert_eq!(normalise_host("127.000.0.1").as_deref(), Some("127.000.0.1"));
+        assert!("127.000.0.1".parse::<IpAddr>().is_err());
     }
 
     #[test]

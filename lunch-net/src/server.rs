@@ -1,5 +1,6 @@
 //! The accept loop and connection handling shared by both servers.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -8,11 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -89,12 +92,33 @@ impl Probe {
     }
 }
 
+/// What answers a server's requests: a hyper service, cloned for each
+/// connection, such as [`Redirector`](crate::redirect::Redirector) or an
+/// axum router through [`router_handler`](crate::router_handler).
+pub trait Handler:
+    Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One server on one listening socket: plain HTTP/1.1, or TLS with HTTP/2
 /// and HTTP/1.1 chosen by ALPN.
-pub struct Server {
+pub struct Server<S> {
     name: &'static str,
     listener: TcpListener,
-    router: Router,
+    handler: S,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     stats: Arc<Stats>,
@@ -102,7 +126,7 @@ pub struct Server {
     probe_rx: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
-impl std::fmt::Debug for Server {
+impl<S> std::fmt::Debug for Server<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("name", &self.name)
@@ -113,16 +137,16 @@ impl std::fmt::Debug for Server {
     }
 }
 
-impl Server {
+impl<S: Handler> Server<S> {
     /// A plain HTTP/1.1 server. `listener` must be non-blocking; call from
     /// within a tokio runtime.
     pub fn plain(
         name: &'static str,
         listener: std::net::TcpListener,
-        router: Router,
+        handler: S,
         limits: Limits,
-    ) -> io::Result<Server> {
-        Server::new(name, listener, router, limits, None)
+    ) -> io::Result<Server<S>> {
+        Server::new(name, listener, handler, limits, None)
     }
 
     /// A TLS server. `listener` must be non-blocking; call from within a
@@ -130,26 +154,26 @@ impl Server {
     pub fn tls(
         name: &'static str,
         listener: std::net::TcpListener,
-        router: Router,
+        handler: S,
         limits: Limits,
         config: Arc<ServerConfig>,
-    ) -> io::Result<Server> {
-        Server::new(name, listener, router, limits, Some(TlsAcceptor::from(config)))
+    ) -> io::Result<Server<S>> {
+        Server::new(name, listener, handler, limits, Some(TlsAcceptor::from(config)))
     }
 
     fn new(
         name: &'static str,
         listener: std::net::TcpListener,
-        router: Router,
+        handler: S,
         limits: Limits,
         tls: Option<TlsAcceptor>,
-    ) -> io::Result<Server> {
+    ) -> io::Result<Server<S>> {
         let listener = TcpListener::from_std(listener)?;
         let (probe_tx, probe_rx) = mpsc::channel(4);
         Ok(Server {
             name,
             listener,
-            router,
+            handler,
             limits,
             tls,
             stats: Arc::default(),
@@ -179,7 +203,7 @@ impl Server {
         let Server {
             name,
             listener,
-            router,
+            handler,
             limits,
             tls,
             stats,
@@ -187,7 +211,7 @@ impl Server {
             mut probe_rx,
         } = self;
         drop(probe_tx);
-        let conn = Arc::new(Connection::new(router, &limits, tls));
+        let conn = Arc::new(Connection::new(handler, &limits, tls));
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
         let (stopping_tx, stopping) = watch::channel(false);
@@ -262,8 +286,8 @@ async fn accept_error(name: &'static str, e: &io::Error) {
 }
 
 /// What every connection of one server shares.
-struct Connection {
-    router: Router,
+struct Connection<S> {
+    handler: S,
     tls: Option<TlsAcceptor>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -272,8 +296,8 @@ struct Connection {
     idle_timeout: Duration,
 }
 
-impl Connection {
-    fn new(router: Router, limits: &Limits, tls: Option<TlsAcceptor>) -> Connection {
+impl<S> Connection<S> {
+    fn new(handler: S, limits: &Limits, tls: Option<TlsAcceptor>) -> Connection<S> {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -291,7 +315,7 @@ impl Connection {
         // progress and keep an idle connection open past `idle_timeout`
         // for ever. `IdleTimeout` already closes idle and dead connections.
         Connection {
-            router,
+            handler,
             tls,
             http1,
             http2,
@@ -302,8 +326,8 @@ impl Connection {
     }
 }
 
-struct ConnectionTask {
-    conn: Arc<Connection>,
+struct ConnectionTask<S> {
+    conn: Arc<Connection<S>>,
     stats: Arc<Stats>,
     /// Held until the connection ends, so that the drain waits for it.
     watcher: Watcher,
@@ -312,12 +336,12 @@ struct ConnectionTask {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl ConnectionTask {
+impl<S: Handler> ConnectionTask<S> {
     async fn run(self, stream: TcpStream, peer: SocketAddr) {
         let _open = OpenConnection::new(&self.stats);
         let _ = stream.set_nodelay(true);
         let conn = Arc::clone(&self.conn);
-        let service = TowerToHyperService::new(conn.router.clone());
+        let service = conn.handler.clone();
         match &conn.tls {
             None => {
                 let io = TokioIo::new(IdleTimeout::new(stream, conn.idle_timeout));
@@ -368,10 +392,10 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 /// idle would lose it (a restart right after a client connected). HTTP/2
 /// needs no such wait: its GOAWAY tells the client which requests were not
 /// served.
-async fn serve_http1<I>(
-    conn: &Connection,
+async fn serve_http1<I, S: Handler>(
+    conn: &Connection<S>,
     io: I,
-    service: TowerToHyperService<Router>,
+    service: S,
     mut stopping: watch::Receiver<bool>,
 ) -> hyper::Result<()>
 where
@@ -379,9 +403,14 @@ where
 {
     let request_seen = Arc::new(Notify::new());
     let seen = Arc::clone(&request_seen);
+    // Only the first request matters to the drain; a stored permit makes
+    // `notified()` return at once, however late the drain starts.
+    let first = std::cell::Cell::new(true);
     let service = hyper::service::service_fn(move |request| {
-        seen.notify_one();
-        hyper::service::Service::call(&service, request)
+        if first.replace(false) {
+            seen.notify_one();
+        }
+        service.call(request)
     });
     let mut served = pin!(conn.http1.serve_connection(io, service));
     let stop = async {

@@ -19,7 +19,7 @@ async fn one_connection(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::plain("http", listener, router, limits).unwrap();
+    let server = Server::plain("http", listener, lunch_net::router_handler(router), limits).unwrap();
     let stats = server.stats();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async {

@@ -5,6 +5,7 @@
 //! Every problem is reported, not just the first, each with the file, the
 //! key, and the line and column.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -584,7 +585,9 @@ impl Config {
 /// server compares them; `None` for anything else, such as a name with a
 /// port.
 fn host_name(text: &str) -> Option<String> {
-    lunch_net::redirect::normalise_host(text).filter(|_| !text.contains(':') || text.starts_with('['))
+    lunch_net::redirect::normalise_host(text)
+        .filter(|_| !text.contains(':') || text.starts_with('['))
+        .map(Cow::into_owned)
 }
 
 /// `+HH:MM` or `-HH:MM` (or `Z`) to minutes.

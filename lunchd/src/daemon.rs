@@ -137,7 +137,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     let tls_server = Server::tls(
         "https",
         https,
-        router,
+        lunch_net::router_handler(router),
         config.limits.clone(),
         lunch_net::tls::server_config(Arc::clone(&store)),
     )
@@ -155,7 +155,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             let server = Server::plain(
                 "http",
                 listener,
-                lunch_net::redirect::router(Arc::clone(&policy)),
+                lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
                 config.limits.clone(),
             )
             .context("starting the http server")?;
