@@ -9,7 +9,9 @@
 //!   reload;
 //! - [`Server`] runs a [`Handler`] (the redirector, or an axum router
 //!   through [`router_handler`]) on a listener with bounded time, size and
-//!   connection count, and drains gracefully on shutdown.
+//!   connection count, and drains gracefully on shutdown;
+//! - [`Workers`] are the threads connections are served on, one
+//!   single-threaded runtime per core.
 //!
 //! This crate never chooses a port, a path or a name: it is handed
 //! listeners, certificate files and a handler.
@@ -19,8 +21,10 @@ pub mod redirect;
 mod server;
 pub mod sockets;
 pub mod tls;
+mod workers;
 
 pub use server::{Handler, Limits, Probe, Server, Stats};
+pub use workers::Workers;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};

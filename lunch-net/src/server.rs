@@ -24,6 +24,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::idle::IdleTimeout;
+use crate::workers::Workers;
 
 /// Bounds on what one client can hold or make the server do.
 ///
@@ -79,16 +80,31 @@ pub struct Stats {
     pub plaintext_on_tls: AtomicU64,
 }
 
-/// Asks a running server's accept loop to answer, proving that it and the
-/// runtime under it still make progress.
+/// Asks a running server's accept loop, or a connection worker, to answer,
+/// proving that it and the runtime under it still make progress.
 #[derive(Debug, Clone)]
-pub struct Probe(mpsc::Sender<oneshot::Sender<()>>);
+pub struct Probe(Probed);
+
+#[derive(Debug, Clone)]
+enum Probed {
+    AcceptLoop(mpsc::Sender<oneshot::Sender<()>>),
+    Worker(tokio::runtime::Handle),
+}
 
 impl Probe {
-    /// Whether the accept loop answered; false once the server has stopped.
+    pub(crate) fn worker(handle: tokio::runtime::Handle) -> Probe {
+        Probe(Probed::Worker(handle))
+    }
+
+    /// Whether it answered; false once the server or worker has stopped.
     pub async fn check(&self) -> bool {
-        let (tx, rx) = oneshot::channel();
-        self.0.send(tx).await.is_ok() && rx.await.is_ok()
+        match &self.0 {
+            Probed::AcceptLoop(sender) => {
+                let (tx, rx) = oneshot::channel();
+                sender.send(tx).await.is_ok() && rx.await.is_ok()
+            }
+            Probed::Worker(handle) => handle.spawn(async {}).await.is_ok(),
+        }
     }
 }
 
@@ -121,6 +137,7 @@ pub struct Server<S> {
     handler: S,
     limits: Limits,
     tls: Option<TlsAcceptor>,
+    workers: Option<Workers>,
     stats: Arc<Stats>,
     probe_tx: mpsc::Sender<oneshot::Sender<()>>,
     probe_rx: mpsc::Receiver<oneshot::Sender<()>>,
@@ -176,10 +193,18 @@ impl<S: Handler> Server<S> {
             handler,
             limits,
             tls,
+            workers: None,
             stats: Arc::default(),
             probe_tx,
             probe_rx,
         })
+    }
+
+    /// Serves connections on `workers` instead of the runtime that runs
+    /// the accept loop.
+    pub fn with_workers(mut self, workers: Workers) -> Server<S> {
+        self.workers = Some(workers);
+        self
     }
 
     /// The address the server listens on.
@@ -189,7 +214,7 @@ impl<S: Handler> Server<S> {
 
     /// A handle to check the server is alive.
     pub fn probe(&self) -> Probe {
-        Probe(self.probe_tx.clone())
+        Probe(Probed::AcceptLoop(self.probe_tx.clone()))
     }
 
     /// The server's counters.
@@ -206,6 +231,7 @@ impl<S: Handler> Server<S> {
             handler,
             limits,
             tls,
+            workers,
             stats,
             probe_tx,
             mut probe_rx,
@@ -239,7 +265,16 @@ impl<S: Handler> Server<S> {
                             stopping: stopping.clone(),
                             _permit: permit.take(),
                         };
-                        tokio::spawn(task.run(stream, peer));
+                        match &workers {
+                            Some(workers) => {
+                                if let Err(e) = workers.spawn(stream, move |stream| task.run(stream, peer)) {
+                                    tracing::warn!(server = name, %peer, "could not hand the connection to a worker: {e}");
+                                }
+                            }
+                            None => {
+                                tokio::spawn(task.run(stream, peer));
+                            }
+                        }
                     }
                     Err(e) => accept_error(name, &e).await,
                 },

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use lunch_net::{Limits, Server};
+use lunch_net::{Limits, Server, Workers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
@@ -15,11 +15,15 @@ use tokio::time::timeout;
 async fn one_connection(
     router: Router,
     limits: Limits,
+    workers: Option<Workers>,
 ) -> (tokio::net::TcpStream, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::plain("http", listener, lunch_net::router_handler(router), limits).unwrap();
+    let mut server = Server::plain("http", listener, lunch_net::router_handler(router), limits).unwrap();
+    if let Some(workers) = workers {
+        server = server.with_workers(workers);
+    }
     let stats = server.stats();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async {
@@ -45,8 +49,20 @@ async fn one_connection(
 /// connection as idle (what a restart right after a connection did).
 #[tokio::test]
 async fn a_request_arriving_as_the_server_stops_is_answered() {
+    request_arriving_as_the_server_stops(None).await;
+}
+
+/// The same when the connection lives on a worker thread.
+#[tokio::test]
+async fn a_request_arriving_as_the_server_stops_is_answered_on_a_worker() {
+    let workers = Workers::start(2).unwrap();
+    request_arriving_as_the_server_stops(Some(workers.clone())).await;
+    workers.shutdown();
+}
+
+async fn request_arriving_as_the_server_stops(workers: Option<Workers>) {
     let router = Router::new().route("/", get(|| async { "lunch" }));
-    let (mut client, stop_tx, running) = one_connection(router, Limits::default()).await;
+    let (mut client, stop_tx, running) = one_connection(router, Limits::default(), workers).await;
     stop_tx.send(()).unwrap();
     // Let the server act on the stop before the request arrives.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -77,7 +93,7 @@ async fn a_silent_connection_does_not_hold_up_the_stop() {
         drain_timeout: Duration::from_secs(600),
         ..Limits::default()
     };
-    let (mut client, stop_tx, running) = one_connection(Router::new(), limits).await;
+    let (mut client, stop_tx, running) = one_connection(Router::new(), limits, None).await;
     stop_tx.send(()).unwrap();
     timeout(Duration::from_secs(30), running)
         .await

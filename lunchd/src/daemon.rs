@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use lunch_core::Picker;
 use lunch_net::redirect::{AllowedHosts, RedirectPolicy, SharedPolicy};
 use lunch_net::tls::{CertificateFiles, CertificateStore, LoadedCertificate};
-use lunch_net::{Probe, Server};
+use lunch_net::{Probe, Server, Workers};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -37,6 +37,8 @@ pub struct Setup {
     pub activated: bool,
     /// The certificate to start with.
     pub certificate: LoadedCertificate,
+    /// The threads connections are served on.
+    pub workers: Workers,
 }
 
 /// Loads and checks the key and chain in effect for `config`: the command
@@ -114,6 +116,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         https,
         activated,
         certificate,
+        workers,
     } = setup;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -141,8 +144,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         config.limits.clone(),
         lunch_net::tls::server_config(Arc::clone(&store)),
     )
-    .context("starting the https server")?;
-    let mut probes: Vec<Probe> = vec![tls_server.probe()];
+    .context("starting the https server")?
+    .with_workers(workers.clone());
+    let mut probes: Vec<Probe> = workers.probes();
+    probes.push(tls_server.probe());
     let how = if activated { "socket from systemd" } else { "bound" };
     let mut listeners = format!("https on {https_local}");
     tracing::info!("serving https://{}/ ({how})", url_host(&https_local, &store));
@@ -158,7 +163,8 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
                 lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
                 config.limits.clone(),
             )
-            .context("starting the http server")?;
+            .context("starting the http server")?
+            .with_workers(workers.clone());
             probes.push(server.probe());
             listeners.push_str(&format!(", http redirect on {local}"));
             tracing::info!("redirecting http://{}/ to https ({how})", url_host(&local, &store));
@@ -177,7 +183,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         https_port,
         listeners,
     };
-    // Ready means serving: every accept loop has answered once. A server
+    // Ready means serving: every worker and accept loop has answered once. A server
     // that failed instead is reported by the loop below.
     if all_answer(&probes).await {
         notify::ready(&daemon.status(None));

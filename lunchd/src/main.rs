@@ -104,13 +104,15 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
 
     let (http, https, activated) = take_listeners(&config)?;
 
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // Connections are served thread-per-core (see `lunch_net::Workers`);
+    // this thread runs the accept loops, signals, reloads and readiness.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = lunch_net::Workers::start(cores).context("starting the connection workers")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(daemon::Setup {
+    let result = runtime.block_on(daemon::run(daemon::Setup {
         config,
         config_path,
         cli_files,
@@ -119,7 +121,11 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         https,
         activated,
         certificate,
-    }))
+        workers: workers.clone(),
+    }));
+    // The servers have drained; this ends what is left.
+    workers.shutdown();
+    result
 }
 
 /// Adopts the sockets systemd passed, by name, or binds the configured
