@@ -16,7 +16,7 @@
 //! This crate never chooses a port, a path or a name: it is handed
 //! listeners, certificate files and a handler.
 
-mod idle;
+mod deadlines;
 pub mod redirect;
 mod server;
 pub mod sockets;

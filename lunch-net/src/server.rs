@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::idle::IdleTimeout;
+use crate::deadlines::{Deadlines, Heads};
 use crate::workers::Workers;
 
 /// Bounds on what one client can hold or make the server do.
@@ -35,7 +35,8 @@ pub struct Limits {
     /// Time from accept to a finished TLS handshake.
     pub handshake_timeout: Duration,
     /// Time to receive a request's complete headers (HTTP/1), from the
-    /// first byte of the request or from the end of the previous response.
+    /// start of the connection or the end of the previous response. Like
+    /// the idle timeout, enforced within a quarter of it after it passes.
     pub header_timeout: Duration,
     /// Time a connection may pass without a byte read or written.
     pub idle_timeout: Duration,
@@ -334,9 +335,9 @@ struct Connection<S> {
 impl<S> Connection<S> {
     fn new(handler: S, limits: &Limits, tls: Option<TlsAcceptor>) -> Connection<S> {
         let mut http1 = http1::Builder::new();
+        // `Deadlines` enforces the header timeout without a timer per request.
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -348,7 +349,7 @@ impl<S> Connection<S> {
             .max_local_error_reset_streams(Some(256));
         // No keep-alive PINGs: a client answering them would count as
         // progress and keep an idle connection open past `idle_timeout`
-        // for ever. `IdleTimeout` already closes idle and dead connections.
+        // for ever. `Deadlines` already closes idle and dead connections.
         Connection {
             handler,
             tls,
@@ -379,19 +380,22 @@ impl<S: Handler> ConnectionTask<S> {
         let service = conn.handler.clone();
         match &conn.tls {
             None => {
-                let io = TokioIo::new(IdleTimeout::new(stream, conn.idle_timeout));
-                if let Err(e) = serve_http1(&conn, io, service, self.stopping).await {
+                let heads = Heads::default();
+                let io = Deadlines::http1(stream, conn.idle_timeout, conn.header_timeout, heads.clone());
+                if let Err(e) = serve_http1(&conn, TokioIo::new(io), service, heads, self.stopping).await {
                     tracing::debug!(%peer, "http connection ended: {e}");
                 }
             }
             Some(acceptor) => match timeout(conn.handshake_timeout, handshake(acceptor, stream)).await {
                 Ok(Ok(Handshake::Tls(tls))) => {
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = TokioIo::new(IdleTimeout::new(tls, conn.idle_timeout));
                     let served = if h2 {
+                        let io = TokioIo::new(Deadlines::idle(tls, conn.idle_timeout));
                         self.watcher.watch(conn.http2.serve_connection(io, service)).await
                     } else {
-                        serve_http1(&conn, io, service, self.stopping).await
+                        let heads = Heads::default();
+                        let io = Deadlines::http1(tls, conn.idle_timeout, conn.header_timeout, heads.clone());
+                        serve_http1(&conn, TokioIo::new(io), service, heads, self.stopping).await
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, "https connection ended: {e}");
@@ -431,6 +435,7 @@ async fn serve_http1<I, S: Handler>(
     conn: &Connection<S>,
     io: I,
     service: S,
+    heads: Heads,
     mut stopping: watch::Receiver<bool>,
 ) -> hyper::Result<()>
 where
@@ -442,6 +447,7 @@ where
     // `notified()` return at once, however late the drain starts.
     let first = std::cell::Cell::new(true);
     let service = hyper::service::service_fn(move |request| {
+        heads.arrived();
         if first.replace(false) {
             seen.notify_one();
         }

@@ -1,0 +1,324 @@
+//! An I/O wrapper that enforces a connection's deadlines: the idle timeout
+//! (no byte read or written) and, for HTTP/1, the header timeout (a
+//! request's head must arrive in time).
+//!
+//! hyper has a header timeout of its own, but it takes the clock, allocates
+//! a timer and registers it with the runtime's timer wheel for every
+//! request, and removes it again when the head has arrived. Here a
+//! connection has one timer that ticks a few times per timeout; reads and
+//! writes only set flags, and the deadlines are checked when it ticks. A
+//! deadline is therefore enforced up to one tick late: a connection is
+//! closed between 1× and 1.25× its timeout.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// Ticks per timeout: the timer's resolution, and the lateness bound.
+const TICKS_PER_TIMEOUT: u32 = 4;
+
+/// Counts the request heads an HTTP/1 connection has received; the server
+/// bumps it when it passes a request to its handler.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Heads(Arc<AtomicU64>);
+
+impl Heads {
+    pub(crate) fn arrived(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `inner`, failing with [`io::ErrorKind::TimedOut`] once a deadline passes.
+#[derive(Debug)]
+pub(crate) struct Deadlines<T> {
+    inner: T,
+    // Boxed so the wrapper stays `Unpin`, as hyper requires of its I/O.
+    timer: Pin<Box<Sleep>>,
+    tick: Duration,
+    ticks: u64,
+    /// Whether a byte was read or written since the last tick.
+    progress: bool,
+    /// Ticks in a row without progress, and how many close the connection.
+    silent_ticks: u64,
+    idle_ticks: u64,
+    head: Option<HeadDeadline>,
+}
+
+#[derive(Debug)]
+struct HeadDeadline {
+    heads: Heads,
+    /// Ticks the head may take; it fails on the tick after.
+    ticks: u64,
+    /// Set by a write: the response is under way, so the next read waits
+    /// for a new head.
+    wrote: bool,
+    /// While waiting for a head: the tick the wait began on, and the head
+    /// count then.
+    waiting: Option<(u64, u64)>,
+}
+
+impl<T> Deadlines<T> {
+    /// Closes `inner` after `idle` without a byte read or written.
+    pub(crate) fn idle(inner: T, idle: Duration) -> Deadlines<T> {
+        Deadlines::new(inner, idle, None)
+    }
+
+    /// Also closes `inner` when, after the end of a response or the start
+    /// of the connection, no new request head (counted by `heads`) arrives
+    /// within `header`.
+    pub(crate) fn http1(inner: T, idle: Duration, header: Duration, heads: Heads) -> Deadlines<T> {
+        Deadlines::new(inner, idle, Some((header, heads)))
+    }
+
+    fn new(inner: T, idle: Duration, header: Option<(Duration, Heads)>) -> Deadlines<T> {
+        let shortest = header.as_ref().map_or(idle, |(header, _)| idle.min(*header));
+        let tick = (shortest / TICKS_PER_TIMEOUT).max(Duration::from_millis(1));
+        let ticks_in = |timeout: Duration| timeout.as_nanos().div_ceil(tick.as_nanos()) as u64;
+        Deadlines {
+            inner,
+            timer: Box::pin(sleep_until(Instant::now() + tick)),
+            tick,
+            ticks: 0,
+            progress: false,
+            silent_ticks: 0,
+            idle_ticks: ticks_in(idle),
+            head: header.map(|(header, heads)| HeadDeadline {
+                ticks: ticks_in(header),
+                wrote: false,
+                waiting: Some((0, heads.count())),
+                heads,
+            }),
+        }
+    }
+
+    /// Called when the inner I/O is pending: fails if a deadline passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            self.ticks += 1;
+            if std::mem::take(&mut self.progress) {
+                self.silent_ticks = 0;
+            } else {
+                self.silent_ticks += 1;
+            }
+            if self.silent_ticks >= self.idle_ticks {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long"));
+            }
+            if let Some(head) = &mut self.head {
+                head.update();
+                if let Some((since, _)) = head.waiting {
+                    if self.ticks - since > head.ticks {
+                        return Poll::Ready(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request headers not received in time",
+                        ));
+                    }
+                }
+            }
+            // From now, not from the missed deadline: a connection busy
+            // for a while (never pending, so never ticking) must not
+            // count the ticks it missed as silent.
+            self.timer.as_mut().reset(Instant::now() + self.tick);
+        }
+    }
+
+    fn track<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.progress = true;
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.poll_expired(cx).map(Err),
+        }
+    }
+}
+
+impl HeadDeadline {
+    /// Ends the wait once a head has arrived.
+    fn update(&mut self) {
+        if let Some((_, count)) = self.waiting {
+            if self.heads.count() != count {
+                self.waiting = None;
+            }
+        }
+    }
+
+    /// A read is about to happen on tick `now`: after a response, it starts
+    /// the wait for the next head.
+    fn reading(&mut self, now: u64) {
+        self.update();
+        if self.waiting.is_none() && std::mem::take(&mut self.wrote) {
+            self.waiting = Some((now, self.heads.count()));
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(head) = &mut this.head {
+            head.reading(this.ticks);
+        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.track(cx, polled)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&polled);
+        this.track(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        this.track(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> Deadlines<T> {
+    fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
+        if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, polled) {
+            if *n > 0 {
+                head.wrote = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Reads until `a` fails, returning how long that took.
+    async fn time_to_failure<T: AsyncRead + Unpin>(a: &mut T) -> (Duration, io::Error) {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            match a.read(&mut buf).await {
+                Ok(0) => panic!("closed instead of timing out"),
+                Ok(_) => continue,
+                Err(e) => return (start.elapsed(), e),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_cut_between_one_and_one_and_a_quarter_timeouts() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = Deadlines::idle(a, 8 * SECOND);
+        // A byte every 7 s keeps it alive well past the first deadline...
+        let writer = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(7 * SECOND).await;
+                b.write_all(b"!").await.unwrap();
+            }
+            b
+        });
+        // ...and after the last one, at 28 s, silence ends it: no sooner
+        // than 8 s later, and no later than 10.
+        let (after, err) = time_to_failure(&mut a).await;
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(after >= 36 * SECOND && after <= 38 * SECOND, "{after:?}");
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_in_byte_by_byte_is_cut_at_the_header_timeout() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let heads = Heads::default();
+        let mut a = Deadlines::http1(a, 60 * SECOND, 4 * SECOND, heads.clone());
+        let trickle = tokio::spawn(async move {
+            // A byte every 500 ms never lets the idle timeout fire.
+            while b.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(SECOND / 2).await;
+            }
+        });
+        let (after, err) = time_to_failure(&mut a).await;
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(after >= 4 * SECOND && after <= 5 * SECOND, "{after:?}");
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_head_gets_the_header_timeout_after_the_previous_response() {
+        let (a, b) = tokio::io::duplex(64);
+        let heads = Heads::default();
+        let mut a = Deadlines::http1(a, 60 * SECOND, 4 * SECOND, heads.clone());
+        // Five requests, each sent 3 s after the previous response: 15 s in
+        // all, far past the header timeout, yet each head is in time.
+        let client = tokio::spawn(async move {
+            let mut b = b;
+            let mut buf = [0u8; 3];
+            for _ in 0..5 {
+                tokio::time::sleep(3 * SECOND).await;
+                b.write_all(b"GET").await.unwrap();
+                b.read_exact(&mut buf).await.unwrap();
+            }
+            b
+        });
+        let mut buf = [0u8; 3];
+        for _ in 0..5 {
+            a.read_exact(&mut buf).await.unwrap();
+            heads.arrived();
+            a.write_all(b"200").await.unwrap();
+        }
+        // A keep-alive connection with no next request is closed by the
+        // header timeout, not the idle timeout.
+        let (after, err) = time_to_failure(&mut a).await;
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(after >= 4 * SECOND && after <= 5 * SECOND, "{after:?}");
+        drop(client.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_response_is_not_cut_by_the_header_timeout() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let heads = Heads::default();
+        let mut a = Deadlines::http1(a, 60 * SECOND, 4 * SECOND, heads.clone());
+        let mut buf = [0u8; 8];
+        b.write_all(b"GET").await.unwrap();
+        assert_eq!(a.read(&mut buf).await.unwrap(), 3);
+        heads.arrived();
+        // The handler takes 30 s; hyper meanwhile polls for the next head.
+        let read = tokio::time::timeout(30 * SECOND, a.read(&mut buf)).await;
+        assert!(
+            read.is_err(),
+            "the connection failed while its request was served: {read:?}"
+        );
+    }
+}
