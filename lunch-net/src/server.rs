@@ -111,7 +111,7 @@ impl Probe {
 
 /// What answers a server's requests: a hyper service, cloned for each
 /// connection, such as [`Redirector`](crate::redirect::Redirector) or an
-/// axum router through [`router_handler`](crate::router_handler).
+/// axum router through [`tower_handler`](crate::tower_handler).
 pub trait Handler:
     Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
     + Clone

@@ -13,11 +13,12 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lunch_core::{Date, Dish, Picker, SplitMix64};
 use serde::Serialize;
+use tower::util::MapResponse;
 
 mod page;
 
@@ -43,8 +44,25 @@ const CSP: &str = concat!(
     "'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 );
 
-/// The HTTPS router.
-pub fn router(lunch: SharedLunch) -> Router {
+/// The HTTPS application: the routes, with the security headers (and
+/// `Strict-Transport-Security: max-age=<hsts_max_age>` unless it is 0) on
+/// every response.
+///
+/// The headers are added by one function around the whole router, not by
+/// `Router::layer`, which wraps every route on its own and so costs a boxed
+/// service clone and a boxed future per request for each layer.
+pub fn app(lunch: SharedLunch, hsts_max_age: u64) -> MapResponse<Router, impl FnOnce(Response) -> Response + Clone> {
+    let hsts = (hsts_max_age > 0).then(|| {
+        HeaderValue::from_str(&format!("max-age={hsts_max_age}"))
+            .unwrap_or_else(|_| unreachable!("digits are a valid header value"))
+    });
+    MapResponse::new(router(lunch), move |mut response: Response| {
+        security_headers(response.headers_mut(), hsts.as_ref());
+        response
+    })
+}
+
+fn router(lunch: SharedLunch) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/today", get(today))
@@ -54,7 +72,6 @@ pub fn router(lunch: SharedLunch) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(lunch)
-        .layer(tower::util::MapResponseLayer::new(security_headers))
 }
 
 /// The `?tag=` filter. `STRICT` (the JSON API) also refuses parameters it
@@ -438,11 +455,8 @@ async fn method_not_allowed(uri: Uri) -> Response {
         .into_response()
 }
 
-/// Adds the security headers. A plain function in a `MapResponseLayer`
-/// rather than `axum::middleware::map_response`, which boxes a future and
-/// clones the inner service on every request.
-fn security_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
+/// Adds the security headers, and HSTS if given.
+fn security_headers(headers: &mut HeaderMap, hsts: Option<&HeaderValue>) {
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -451,32 +465,40 @@ fn security_headers(mut response: Response) -> Response {
         header::HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    response
+    if let Some(hsts) = hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::{HeaderMap, Method, Request};
+    use axum::http::{Method, Request};
     use base64::Engine;
     use http_body_util::BodyExt;
     use lunch_core::{DishSpec, Menu, Mode};
+    use std::convert::Infallible;
     use tower::ServiceExt;
 
-    fn app_with(menu: Menu) -> Router {
+    fn app_with(menu: Menu) -> impl tower::Service<Request<Body>, Response = Response, Error = Infallible> {
         let lunch = Lunch {
             picker: Picker::new(menu, Mode::Weighted, "test"),
             utc_offset_minutes: 0,
         };
-        router(Arc::new(ArcSwap::from_pointee(lunch)))
+        super::app(Arc::new(ArcSwap::from_pointee(lunch)), 31_536_000)
     }
 
-    fn app() -> Router {
+    fn app() -> impl tower::Service<Request<Body>, Response = Response, Error = Infallible> {
         app_with(Menu::builtin())
     }
 
-    async fn send(app: Router, method: Method, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    async fn send(
+        app: impl tower::Service<Request<Body>, Response = Response, Error = Infallible>,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
         let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -485,6 +507,22 @@ mod tests {
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         (parts.status, parts.headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn hsts_is_sent_unless_its_max_age_is_0() {
+        let lunch = || {
+            Arc::new(ArcSwap::from_pointee(Lunch {
+                picker: Picker::new(Menu::builtin(), Mode::Weighted, "test"),
+                utc_offset_minutes: 0,
+            }))
+        };
+        let (_, headers, _) = send(super::app(lunch(), 600), Method::GET, "/nope", &[]).await;
+        assert_eq!(headers[header::STRICT_TRANSPORT_SECURITY], "max-age=600");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let (_, headers, _) = send(super::app(lunch(), 0), Method::GET, "/healthz", &[]).await;
+        assert!(!headers.contains_key(header::STRICT_TRANSPORT_SECURITY), "{headers:?}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 
     async fn get(uri: &str, accept: Option<&str>) -> (StatusCode, HeaderMap, String) {

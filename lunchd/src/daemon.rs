@@ -133,14 +133,11 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let mut router = app::router(Arc::clone(&lunch));
-    if config.hsts_max_age > 0 {
-        router = lunch_net::with_hsts(router, config.hsts_max_age);
-    }
+    let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
     let tls_server = Server::tls(
         "https",
         https,
-        lunch_net::router_handler(router),
+        lunch_net::tower_handler(app),
         config.limits.clone(),
         lunch_net::tls::server_config(Arc::clone(&store)),
     )
