@@ -180,21 +180,29 @@ pub fn redirect_target(
         .filter(|h| policy.allows(h))
         .or_else(|| policy.canonical.as_deref().map(Cow::Borrowed))
         .ok_or(RedirectError::UnknownHost)?;
-    // "https://" + "[" + host + "]" + ":65535" + path
-    let mut url = String::with_capacity(16 + host.len() + path_and_query.len());
-    url.push_str("https://");
     // Normalised IPv6 addresses are the only hosts with a colon.
-    if host.contains(':') {
+    let ipv6 = host.contains(':');
+    let port = match policy.https_port {
+        443 => 0,
+        port => 1 + port.checked_ilog10().unwrap_or(0) as usize + 1,
+    };
+    // Exactly the length, so that the header value takes the buffer as it
+    // is, without allocating again.
+    let length = "https://".len() + host.len() + 2 * usize::from(ipv6) + port + path_and_query.len();
+    let mut url = String::with_capacity(length);
+    url.push_str("https://");
+    if ipv6 {
         url.push('[');
         url.push_str(&host);
         url.push(']');
     } else {
         url.push_str(&host);
     }
-    if policy.https_port != 443 {
+    if port > 0 {
         let _ = write!(url, ":{}", policy.https_port);
     }
     url.push_str(path_and_query);
+    debug_assert_eq!(url.len(), length);
     Ok(url)
 }
 
