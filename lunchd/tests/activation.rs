@@ -49,6 +49,36 @@ async fn serves_lunch_over_h2_and_http1() {
     lunchd.wait_log("socket from systemd", Duration::from_secs(5));
 }
 
+/// Connections are served thread-per-core: one `worker-N` thread per core,
+/// and no multi-threaded runtime's workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_per_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let lunchd = start(dir.path(), &ca, &["lunch.test"], vec!["http", "https"], "");
+    let mut tls = TlsConnection::connect(lunchd.port("https"), "lunch.test", ca.client_config(&[b"h2"])).await;
+    assert_eq!(tls.get("lunch.test", "/healthz").await.status, 200);
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", lunchd.pid()))
+        .unwrap()
+        .map(|task| {
+            std::fs::read_to_string(task.unwrap().path().join("comm"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    threads.sort();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let workers: Vec<&String> = threads.iter().filter(|name| name.starts_with("worker-")).collect();
+    let mut expected: Vec<String> = (0..cores).map(|i| format!("worker-{i}")).collect();
+    expected.sort();
+    assert_eq!(workers, expected.iter().collect::<Vec<_>>(), "threads: {threads:?}");
+    assert!(
+        !threads.iter().any(|name| name.starts_with("tokio-runtime")),
+        "threads: {threads:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_map_by_name_not_by_order() {
     let dir = tempfile::tempdir().unwrap();
