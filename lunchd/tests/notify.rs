@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::{
-    Lunchd, NotifySocket, Start, TestCa, TlsConnection, monotonic_usec, notify_field, raw_request, write_atomic,
+    Leaf, Lunchd, NotifySocket, Start, TestCa, TlsConnection, monotonic_usec, notify_field, raw_request, write_atomic,
     write_leaf,
 };
 
@@ -37,21 +37,47 @@ fn activate(lunchd: &Lunchd) {
     drop(TcpStream::connect(("127.0.0.1", lunchd.port("https"))).unwrap());
 }
 
+/// lunchd with a certificate for lunch.test, started and past its first
+/// READY=1.
+struct Ready {
+    // Before `dir`, so that lunchd stops before its directory goes.
+    lunchd: Lunchd,
+    notify: NotifySocket,
+    ca: TestCa,
+    leaf: Leaf,
+    /// The notifications up to and including READY=1.
+    messages: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+fn ready(serial: u64, env: &[(&str, &str)]) -> Ready {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["lunch.test"], serial);
+    write_leaf(dir.path(), &leaf);
+    let notify = NotifySocket::new(dir.path());
+    let lunchd = start(dir.path(), &notify, env);
+    activate(&lunchd);
+    let messages = notify.wait_for("READY=1", WAIT);
+    Ready {
+        lunchd,
+        notify,
+        ca,
+        leaf,
+        messages,
+        dir,
+    }
+}
+
 fn has_line(messages: &[String], line: &str) -> bool {
     messages.iter().any(|m| m.lines().any(|l| l == line))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_once_both_sockets_serve_with_a_useful_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let leaf = ca.issue(&["lunch.test"], 7);
-    write_leaf(dir.path(), &leaf);
-    let notify = NotifySocket::new(dir.path());
-    let lunchd = start(dir.path(), &notify, &[]);
-    activate(&lunchd);
-
-    let messages = notify.wait_for("READY=1", WAIT);
+    let Ready {
+        lunchd, ca, messages, ..
+    } = &ready(7, &[]);
     assert_eq!(
         messages.len(),
         1,
@@ -97,14 +123,14 @@ fn no_ready_when_the_certificate_cannot_be_loaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_between_reloading_and_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let old = ca.issue(&["lunch.test"], 1);
-    write_leaf(dir.path(), &old);
-    let notify = NotifySocket::new(dir.path());
-    let lunchd = start(dir.path(), &notify, &[]);
-    activate(&lunchd);
-    notify.wait_for("READY=1", WAIT);
+    let Ready {
+        lunchd,
+        notify,
+        ca,
+        leaf: old,
+        dir,
+        ..
+    } = &ready(1, &[]);
     let port = lunchd.port("https");
     // A fresh client configuration per connection: a resumed session would
     // report the certificate of the session it resumes.
@@ -142,14 +168,14 @@ async fn sighup_reloads_the_certificate_between_reloading_and_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let old = ca.issue(&["lunch.test"], 1);
-    write_leaf(dir.path(), &old);
-    let notify = NotifySocket::new(dir.path());
-    let lunchd = start(dir.path(), &notify, &[]);
-    activate(&lunchd);
-    notify.wait_for("READY=1", WAIT);
+    let Ready {
+        lunchd,
+        notify,
+        ca,
+        leaf: old,
+        dir,
+        ..
+    } = &ready(1, &[]);
 
     // A chain whose certificate does not belong to the key.
     let other = ca.issue(&["lunch.test"], 3);
@@ -172,14 +198,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     use hyper::body::Bytes;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let leaf = ca.issue(&["lunch.test"], 1);
-    write_leaf(dir.path(), &leaf);
-    let notify = NotifySocket::new(dir.path());
-    let mut lunchd = start(dir.path(), &notify, &[]);
-    activate(&lunchd);
-    notify.wait_for("READY=1", WAIT);
+    let Ready { lunchd, notify, ca, .. } = &mut ready(1, &[]);
 
     // A request held in flight by HTTP/2 flow control: the client grants a
     // one-byte window and reads nothing, so the server has answered with
@@ -224,13 +243,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_pings_arrive_when_watchdog_usec_is_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    write_leaf(dir.path(), &ca.issue(&["lunch.test"], 1));
-    let notify = NotifySocket::new(dir.path());
-    let lunchd = start(dir.path(), &notify, &[("WATCHDOG_USEC", "200000")]);
-    activate(&lunchd);
-    notify.wait_for("READY=1", WAIT);
+    let Ready { lunchd, notify, .. } = &ready(1, &[("WATCHDOG_USEC", "200000")]);
     for _ in 0..3 {
         notify.wait_for("WATCHDOG=1", WAIT);
     }
@@ -252,13 +265,9 @@ async fn notifications_reach_an_abstract_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_reload_failure_still_fits_one_notification() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    write_leaf(dir.path(), &ca.issue(&["lunch.test"], 1));
-    let notify = NotifySocket::new(dir.path());
-    let lunchd = start(dir.path(), &notify, &[]);
-    activate(&lunchd);
-    notify.wait_for("READY=1", WAIT);
+    let Ready {
+        lunchd, notify, dir, ..
+    } = &ready(1, &[]);
 
     // Hundreds of problems: tens of kilobytes of reasons.
     let bad = "[[dish]]\nname = \"\"\nweight = -1.0\n\n".repeat(300);
