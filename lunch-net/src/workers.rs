@@ -64,16 +64,6 @@ impl Workers {
         Ok(Workers { inner: workers.into() })
     }
 
-    /// The number of workers.
-    pub fn len(&self) -> usize {
-        self.inner.len()
-    }
-
-    /// Always false: there is at least one worker.
-    pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
-    }
-
     /// Connections each worker serves now.
     pub fn open_connections(&self) -> Vec<usize> {
         self.inner.iter().map(|w| w.open.load(Ordering::Relaxed)).collect()
