@@ -30,8 +30,9 @@ const TICKS_PER_TIMEOUT: u32 = 4;
 pub(crate) struct Heads(Arc<AtomicU64>);
 
 impl Heads {
-    pub(crate) fn arrived(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    /// Counts one more; returns how many had arrived before it.
+    pub(crate) fn arrived(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
     }
 
     fn count(&self) -> u64 {

@@ -17,7 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::timeout;
@@ -380,9 +380,7 @@ impl<S: Handler> ConnectionTask<S> {
         let service = conn.handler.clone();
         match &conn.tls {
             None => {
-                let heads = Heads::default();
-                let io = Deadlines::http1(stream, conn.idle_timeout, conn.header_timeout, heads.clone());
-                if let Err(e) = serve_http1(&conn, TokioIo::new(io), service, heads, self.stopping).await {
+                if let Err(e) = serve_http1(&conn, stream, service, self.stopping).await {
                     tracing::debug!(%peer, "http connection ended: {e}");
                 }
             }
@@ -393,9 +391,7 @@ impl<S: Handler> ConnectionTask<S> {
                         let io = TokioIo::new(Deadlines::idle(tls, conn.idle_timeout));
                         self.watcher.watch(conn.http2.serve_connection(io, service)).await
                     } else {
-                        let heads = Heads::default();
-                        let io = Deadlines::http1(tls, conn.idle_timeout, conn.header_timeout, heads.clone());
-                        serve_http1(&conn, TokioIo::new(io), service, heads, self.stopping).await
+                        serve_http1(&conn, tls, service, self.stopping).await
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, "https connection ended: {e}");
@@ -424,8 +420,8 @@ impl<S: Handler> ConnectionTask<S> {
 /// stays silent, such as a browser's preconnect, does not hold up a restart.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves one HTTP/1 connection; when the server stops, shuts it down
-/// gracefully. A connection that has not yet delivered a request first gets
+/// Serves one HTTP/1 connection, with its idle and header deadlines; when
+/// the server stops, shuts it down gracefully. A connection that has not yet delivered a request first gets
 /// [`FIRST_REQUEST_GRACE`] (at most the header timeout) for it: its client
 /// has sent the request, or is sending it, and closing the connection as
 /// idle would lose it (a restart right after a client connected). HTTP/2
@@ -435,25 +431,24 @@ async fn serve_http1<I, S: Handler>(
     conn: &Connection<S>,
     io: I,
     service: S,
-    heads: Heads,
     mut stopping: watch::Receiver<bool>,
 ) -> hyper::Result<()>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    let heads = Heads::default();
+    let io = Deadlines::http1(io, conn.idle_timeout, conn.header_timeout, heads.clone());
     let request_seen = Arc::new(Notify::new());
     let seen = Arc::clone(&request_seen);
-    // Only the first request matters to the drain; a stored permit makes
-    // `notified()` return at once, however late the drain starts.
-    let first = std::cell::Cell::new(true);
     let service = hyper::service::service_fn(move |request| {
-        heads.arrived();
-        if first.replace(false) {
+        // Only the first request matters to the drain; a stored permit
+        // makes `notified()` return at once, however late the drain starts.
+        if heads.arrived() == 0 {
             seen.notify_one();
         }
         service.call(request)
     });
-    let mut served = pin!(conn.http1.serve_connection(io, service));
+    let mut served = pin!(conn.http1.serve_connection(TokioIo::new(io), service));
     let stop = async {
         let _ = stopping.wait_for(|stop| *stop).await;
         let grace = conn.header_timeout.min(FIRST_REQUEST_GRACE);
