@@ -8,6 +8,10 @@
 //! types (the key is the path serde was at), and the [`Spanned`] values of
 //! [`raw`] for everything [`Config::from_raw`] refuses; a missing key points
 //! at the table it belongs in.
+//!
+//! `[limits]` is described once, in [`LIMITS`]: the keys serde accepts,
+//! their ranges, and (by tests) their part of docs/configuration.md and of
+//! deploy/lunchd.toml.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -25,12 +29,163 @@ use toml::de::{DeTable, DeValue};
 /// Where lunchd looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/lunchd/lunchd.toml";
 
+/// What a limit's number counts, for its documentation and its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Whole seconds.
+    Seconds,
+    /// Connections, bytes, fields or streams: the key's name says which.
+    Count,
+}
+
+impl Unit {
+    /// The type column of docs/configuration.md.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Seconds => "seconds",
+            Unit::Count => "integer",
+        }
+    }
+
+    /// What follows a range in messages: `1 to 30 seconds`.
+    fn suffix(self) -> &'static str {
+        match self {
+            Unit::Seconds => " seconds",
+            Unit::Count => "",
+        }
+    }
+}
+
+/// One key of `[limits]`: what validation accepts and what the docs and the
+/// example file say about it.
+#[derive(Debug)]
+pub struct LimitSpec {
+    /// The key in `[limits]`.
+    pub key: &'static str,
+    /// What the number counts.
+    pub unit: Unit,
+    /// The smallest value accepted.
+    pub min: u64,
+    /// The largest value accepted.
+    pub max: u64,
+    /// What it bounds, without a final period.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    pub doc: &'static str,
+    /// The value in [`Limits`].
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    get: fn(&Limits) -> u64,
+    /// Sets the value in [`Limits`], once it is in range.
+    set: fn(&mut Limits, u64),
+}
+
+impl LimitSpec {
+    /// The value when the key is absent: lunch-net's default.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    pub fn default_value(&self) -> u64 {
+        (self.get)(&Limits::default())
+    }
+}
+
+/// Every key of `[limits]`, in the order the docs list them.
+pub const LIMITS: &[LimitSpec] = &[
+    LimitSpec {
+        key: "handshake_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 30,
+        doc: "From accept to a finished TLS handshake",
+        get: |l| l.handshake_timeout.as_secs(),
+        set: |l, v| l.handshake_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "header_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 30,
+        doc: "To receive an HTTP/1 request's headers, counted from the start of the connection or the end \
+              of the previous response: the slowloris bound, and how long a kept-alive HTTP/1 connection \
+              waits for its next request",
+        get: |l| l.header_timeout.as_secs(),
+        set: |l, v| l.header_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "idle_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 3600,
+        doc: "A connection without a byte read or written is closed",
+        get: |l| l.idle_timeout.as_secs(),
+        set: |l, v| l.idle_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "drain_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 600,
+        doc: "At shutdown, in-flight requests get this long to finish",
+        get: |l| l.drain_timeout.as_secs(),
+        set: |l, v| l.drain_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "max_connections",
+        unit: Unit::Count,
+        min: 1,
+        max: 1_000_000,
+        doc: "Open connections per server; further clients wait in the kernel's listen queue",
+        get: |l| l.max_connections as u64,
+        set: |l, v| l.max_connections = v as usize,
+    },
+    LimitSpec {
+        key: "max_header_bytes",
+        unit: Unit::Count,
+        min: 8192,
+        max: 1024 * 1024,
+        doc: "Bytes of a request head (HTTP/1) or header list (HTTP/2); larger requests get 431",
+        get: |l| l.max_header_bytes as u64,
+        set: |l, v| l.max_header_bytes = v as usize,
+    },
+    LimitSpec {
+        key: "max_headers",
+        unit: Unit::Count,
+        min: 8,
+        max: 1000,
+        doc: "Header fields per HTTP/1 request",
+        get: |l| l.max_headers as u64,
+        set: |l, v| l.max_headers = v as usize,
+    },
+    LimitSpec {
+        key: "max_streams",
+        unit: Unit::Count,
+        min: 1,
+        max: 10_000,
+        doc: "Concurrent streams per HTTP/2 connection",
+        get: |l| u64::from(l.max_streams),
+        // In range, so at most 10 000.
+        set: |l, v| l.max_streams = v as u32,
+    },
+];
+
+/// The keys of [`LIMITS`], for serde's "unknown field" message.
+const LIMIT_KEYS: [&str; LIMITS.len()] = {
+    let mut keys = [""; LIMITS.len()];
+    let mut i = 0;
+    while i < keys.len() {
+        keys[i] = LIMITS[i].key;
+        i += 1;
+    }
+    keys
+};
+
 /// The TOML as written: every key optional, unknown keys refused. Values
 /// that [`Config::from_raw`] may refuse are [`Spanned`], and so is the
 /// `[https]` table, for the keys it may miss.
 pub mod raw {
     use serde::Deserialize;
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
     use toml::Spanned;
+
+    use super::{LIMIT_KEYS, LIMITS, LimitSpec};
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -87,17 +242,60 @@ pub mod raw {
         pub hsts_max_age: Option<u64>,
     }
 
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Limits {
-        pub handshake_timeout: Option<Spanned<u64>>,
-        pub header_timeout: Option<Spanned<u64>>,
-        pub idle_timeout: Option<Spanned<u64>>,
-        pub drain_timeout: Option<Spanned<u64>>,
-        pub max_connections: Option<Spanned<usize>>,
-        pub max_header_bytes: Option<Spanned<usize>>,
-        pub max_headers: Option<Spanned<usize>>,
-        pub max_streams: Option<Spanned<u32>>,
+    /// `[limits]`: the values given, each with its key in [`LIMITS`].
+    /// Unknown keys are refused as `deny_unknown_fields` refuses them.
+    #[derive(Debug, Default)]
+    pub struct Limits(pub Vec<(&'static LimitSpec, Spanned<u64>)>);
+
+    impl<'de> Deserialize<'de> for Limits {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Limits, D::Error> {
+            deserializer.deserialize_struct("Limits", &LIMIT_KEYS, Table)
+        }
+    }
+
+    struct Table;
+
+    impl<'de> Visitor<'de> for Table {
+        type Value = Limits;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // As serde derives it for a struct, like the other tables.
+            f.write_str("struct Limits")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Limits, A::Error> {
+            let mut values = Vec::new();
+            while let Some(spec) = map.next_key_seed(Key)? {
+                values.push((spec, map.next_value()?));
+            }
+            Ok(Limits(values))
+        }
+    }
+
+    /// A key of `[limits]`, as the spec of that key.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = &'static LimitSpec;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<&'static LimitSpec, D::Error> {
+            deserializer.deserialize_identifier(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = &'static LimitSpec;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a key of [limits]")
+        }
+
+        fn visit_str<E: de::Error>(self, key: &str) -> Result<&'static LimitSpec, E> {
+            LIMITS
+                .iter()
+                .find(|spec| spec.key == key)
+                .ok_or_else(|| E::unknown_field(key, &LIMIT_KEYS))
+        }
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -465,72 +663,27 @@ impl Config {
                 format!("{} is not a port", port.get_ref()),
             );
         }
-        let defaults = Limits::default();
-        let l = raw.limits;
-        let mut secs = |key: &str, value: Option<Spanned<u64>>, default: Duration, max: u64| match value {
-            None => default,
-            Some(v) if (1..=max).contains(v.get_ref()) => Duration::from_secs(*v.get_ref()),
-            Some(v) => {
+        let mut limits = Limits::default();
+        for spec in LIMITS {
+            let Some((_, value)) = raw.limits.0.iter().find(|(given, _)| given.key == spec.key) else {
+                continue;
+            };
+            let v = *value.get_ref();
+            if (spec.min..=spec.max).contains(&v) {
+                (spec.set)(&mut limits, v);
+            } else {
                 report(
-                    key,
-                    v.span(),
-                    format!("{} is out of range; use 1 to {max} seconds", v.get_ref()),
+                    &format!("limits.{}", spec.key),
+                    value.span(),
+                    format!(
+                        "{v} is out of range; use {} to {}{}",
+                        spec.min,
+                        spec.max,
+                        spec.unit.suffix()
+                    ),
                 );
-                default
             }
-        };
-        let handshake_timeout = secs(
-            "limits.handshake_timeout",
-            l.handshake_timeout,
-            defaults.handshake_timeout,
-            30,
-        );
-        let header_timeout = secs("limits.header_timeout", l.header_timeout, defaults.header_timeout, 30);
-        let idle_timeout = secs("limits.idle_timeout", l.idle_timeout, defaults.idle_timeout, 3600);
-        let drain_timeout = secs("limits.drain_timeout", l.drain_timeout, defaults.drain_timeout, 600);
-        let mut count = |key: &str, value: Option<Spanned<usize>>, default: usize, min: usize, max: usize| match value {
-            None => default,
-            Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
-            Some(v) => {
-                report(
-                    key,
-                    v.span(),
-                    format!("{} is out of range; use {min} to {max}", v.get_ref()),
-                );
-                default
-            }
-        };
-        let limits = Limits {
-            handshake_timeout,
-            header_timeout,
-            idle_timeout,
-            drain_timeout,
-            max_connections: count(
-                "limits.max_connections",
-                l.max_connections,
-                defaults.max_connections,
-                1,
-                1_000_000,
-            ),
-            max_header_bytes: count(
-                "limits.max_header_bytes",
-                l.max_header_bytes,
-                defaults.max_header_bytes,
-                8192,
-                1024 * 1024,
-            ),
-            max_headers: count("limits.max_headers", l.max_headers, defaults.max_headers, 8, 1000),
-            max_streams: count(
-                "limits.max_streams",
-                l.max_streams.map(|v| {
-                    let span = v.span();
-                    Spanned::new(span, *v.get_ref() as usize)
-                }),
-                defaults.max_streams as usize,
-                1,
-                10_000,
-            ) as u32,
-        };
+        }
         let log_level = match raw.log.level {
             None => "info".to_owned(),
             Some(level) => {
@@ -834,6 +987,7 @@ mod tests {
     fn every_key_is_documented() {
         let docs = include_str!("../../docs/configuration.md");
         let example = include_str!("../../deploy/lunchd.toml");
+        assert_eq!(keys_of("[limits]"), LIMIT_KEYS, "serde accepts the keys of LIMITS");
         for section in [
             "",
             "[picker]",
@@ -843,7 +997,10 @@ mod tests {
             "[limits]",
             "[log]",
         ] {
-            let keys = keys_of(section);
+            let keys = match section {
+                "[limits]" => LIMITS.iter().map(|spec| spec.key.to_owned()).collect(),
+                _ => keys_of(section),
+            };
             assert!(
                 !keys.is_empty() && keys.iter().all(|k| !k.contains(' ')),
                 "{section}: {keys:?}"
@@ -868,5 +1025,100 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn limits_match_lunch_net() {
+        let mut limits = Limits::default();
+        for spec in LIMITS {
+            assert!((spec.min..=spec.max).contains(&spec.default_value()), "{}", spec.key);
+            // Each key sets its own field, and only that one.
+            let before = format!("{limits:?}");
+            (spec.set)(&mut limits, spec.max);
+            assert_eq!((spec.get)(&limits), spec.max, "{}", spec.key);
+            assert_ne!(format!("{limits:?}"), before, "{}", spec.key);
+            (spec.set)(&mut limits, spec.default_value());
+            assert_eq!(format!("{limits:?}"), before, "{}", spec.key);
+        }
+    }
+
+    const GENERATED: &str = "<!-- generated from LIMITS in lunchd/src/config.rs by its tests: edit it there -->\n";
+    const END_OF_GENERATED: &str = "<!-- end of the generated part -->\n";
+
+    /// The `[limits]` table of docs/configuration.md.
+    fn limits_markdown() -> String {
+        let mut table = String::from("| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
+        for spec in LIMITS {
+            table.push_str(&format!(
+                "| `{}` | {} | `{}` | {}–{} | {}. |\n",
+                spec.key,
+                spec.unit.name(),
+                spec.default_value(),
+                spec.min,
+                spec.max,
+                spec.doc
+            ));
+        }
+        table
+    }
+
+    /// The `[limits]` section of deploy/lunchd.toml.
+    fn limits_example() -> String {
+        let mut section = String::from("[limits]\n");
+        for spec in LIMITS {
+            // The range is one word: it is not broken across lines.
+            let range = format!("({} to {}{}).", spec.min, spec.max, spec.unit.suffix());
+            let mut line = String::from("#");
+            for word in spec.doc.split(' ').chain([range.as_str()]) {
+                if line.len() + 1 + word.len() > 76 {
+                    section.push_str(&line);
+                    section.push('\n');
+                    line = String::from("#");
+                }
+                line.push(' ');
+                line.push_str(word);
+            }
+            section.push_str(&line);
+            section.push_str(&format!("\n#{} = {}\n", spec.key, spec.default_value()));
+        }
+        section
+    }
+
+    /// Replaces `from..to` of the file at `path` (relative to the workspace)
+    /// with `generated`, and fails if that changed the file, so that a
+    /// stale file is both reported and fixed (rust-analyzer's
+    /// `ensure_file_contents`).
+    fn ensure_generated(path: &str, from: &str, to: &str, generated: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        let old = std::fs::read_to_string(&path).unwrap();
+        let start = old
+            .find(from)
+            .unwrap_or_else(|| panic!("{} has no {from:?}", path.display()))
+            + from.len();
+        let end = start
+            + old[start..]
+                .find(to)
+                .unwrap_or_else(|| panic!("{} has no {to:?} after {from:?}", path.display()));
+        let new = format!("{}{generated}{}", &old[..start], &old[end..]);
+        if new != old {
+            std::fs::write(&path, new).unwrap();
+            panic!(
+                "{} was not what LIMITS says and has been regenerated; check and commit it",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn the_docs_limits_table_is_generated() {
+        ensure_generated("docs/configuration.md", GENERATED, END_OF_GENERATED, &limits_markdown());
+    }
+
+    #[test]
+    fn the_example_limits_section_is_generated() {
+        // The section runs to the blank line before the next one.
+        let generated = limits_example();
+        let body = generated.strip_prefix("[limits]\n").unwrap_or(&generated);
+        ensure_generated("deploy/lunchd.toml", "\n[limits]\n", "\n\n", body.trim_end());
     }
 }
