@@ -1027,6 +1027,18 @@ mod tests {
         }
     }
 
+    /// docs/deploy.md's step 3 uncomments `acme_webroot` in the installed
+    /// example with sed, and xtask's e2e reads the path back from the file
+    /// as it is, so it must stay one absolute path at the start of a line.
+    #[test]
+    fn the_example_acme_webroot_uncommented_is_valid() {
+        let example = include_str!("../../deploy/lunchd.toml");
+        let edited = example.replace("\n#acme_webroot = ", "\nacme_webroot = ");
+        assert_ne!(edited, example, "deploy/lunchd.toml has no `#acme_webroot = ` line");
+        let config = parse(&edited, Path::new("/etc/lunchd/lunchd.toml")).unwrap();
+        assert!(config.acme_webroot.is_some_and(|p| p.is_absolute()));
+    }
+
     #[test]
     fn limits_match_lunch_net() {
         let mut limits = Limits::default();
