@@ -16,19 +16,22 @@
 //! This crate never chooses a port, a path or a name: it is handed
 //! listeners, certificate files and a handler.
 
+mod connection;
 mod deadlines;
+mod handler;
+mod handshake;
+mod limits;
+mod probe;
 pub mod redirect;
 mod server;
 pub mod sockets;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 mod workers;
 
-pub use server::{Handler, Limits, Probe, Server, Stats};
+pub use handler::{Handler, tower_handler};
+pub use limits::{Limits, Stats};
+pub use probe::Probe;
+pub use server::Server;
 pub use workers::Workers;
-
-use hyper_util::service::TowerToHyperService;
-
-/// A tower service, such as an axum `Router`, as a [`Handler`].
-pub fn tower_handler<T>(service: T) -> TowerToHyperService<T> {
-    TowerToHyperService::new(service)
-}
