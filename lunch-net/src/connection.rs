@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::deadlines::{Deadlines, Heads};
-use crate::handler::Handler;
+use crate::handler::{Handler, HyperService};
 use crate::handshake::{Handshake, handshake};
 use crate::limits::{Limits, OpenConnection, Stats};
 
@@ -94,7 +94,9 @@ impl<S: Handler> ConnectionTask<S> {
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let served = if h2 {
                         let io = TokioIo::new(Deadlines::idle(tls, conn.idle_timeout));
-                        self.watcher.watch(conn.http2.serve_connection(io, service)).await
+                        self.watcher
+                            .watch(conn.http2.serve_connection(io, HyperService(service)))
+                            .await
                     } else {
                         serve_http1(&conn, tls, service, self.stopping).await
                     };
@@ -151,7 +153,7 @@ where
         if heads.arrived() == 0 {
             seen.notify_one();
         }
-        service.call(request)
+        service.handle(request)
     });
     let mut served = pin!(conn.http1.serve_connection(TokioIo::new(io), service));
     let stop = async {
