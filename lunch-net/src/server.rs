@@ -49,27 +49,23 @@ impl<S> std::fmt::Debug for Server<S> {
 }
 
 impl<S: Handler> Server<S> {
-    /// A plain HTTP/1.1 server. `listener` must be non-blocking; call from
-    /// within a tokio runtime.
-    pub fn plain(
-        name: &'static str,
-        listener: std::net::TcpListener,
-        handler: S,
-        limits: Limits,
-    ) -> io::Result<Server<S>> {
-        Server::new(name, listener, handler, limits, None)
+    /// A plain HTTP/1.1 server on `listener`, answered by `handler` within
+    /// `limits`. `listener` must be non-blocking; call from within a tokio
+    /// runtime.
+    pub fn plain(listener: std::net::TcpListener, handler: S, limits: Limits) -> io::Result<Server<S>> {
+        Server::new("http", listener, handler, limits, None)
     }
 
-    /// A TLS server. `listener` must be non-blocking; call from within a
-    /// tokio runtime.
+    /// A TLS server on `listener`, with HTTP/2 or HTTP/1.1 as the client's
+    /// ALPN chooses, answered by `handler` within `limits`. `listener` must
+    /// be non-blocking; call from within a tokio runtime.
     pub fn tls(
-        name: &'static str,
         listener: std::net::TcpListener,
+        tls: Arc<ServerConfig>,
         handler: S,
         limits: Limits,
-        config: Arc<ServerConfig>,
     ) -> io::Result<Server<S>> {
-        Server::new(name, listener, handler, limits, Some(TlsAcceptor::from(config)))
+        Server::new("https", listener, handler, limits, Some(TlsAcceptor::from(tls)))
     }
 
     fn new(
@@ -92,6 +88,12 @@ impl<S: Handler> Server<S> {
             probe,
             questions,
         })
+    }
+
+    /// Names the server in its log lines: `http` or `https` unless named.
+    pub fn named(mut self, name: &'static str) -> Server<S> {
+        self.name = name;
+        self
     }
 
     /// Serves connections on `workers` instead of the runtime that runs
@@ -243,7 +245,7 @@ mod tests {
             max_connections: 1,
             ..Limits::default()
         };
-        let server = Server::plain("http", listener(), redirector(), limits).unwrap();
+        let server = Server::plain(listener(), redirector(), limits).unwrap();
         let addr = server.local_addr().unwrap();
         let stats = server.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -269,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_probe_answers_while_the_loop_runs() {
-        let server = Server::plain("http", listener(), redirector(), Limits::default()).unwrap();
+        let server = Server::plain(listener(), redirector(), Limits::default()).unwrap();
         let probe = server.probe();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(server.run(async {

@@ -135,11 +135,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
     let tls_server = Server::tls(
-        "https",
         https,
+        lunch_net::tls::server_config(Arc::clone(&store)),
         lunch_net::tower_handler(app),
         config.limits.clone(),
-        lunch_net::tls::server_config(Arc::clone(&store)),
     )
     .context("starting the https server")?
     .with_workers(workers.clone());
@@ -155,7 +154,6 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         Some(listener) => {
             let local = listener.local_addr().context("reading the http socket's address")?;
             let server = Server::plain(
-                "http",
                 listener,
                 lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
                 config.limits.clone(),
