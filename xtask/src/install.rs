@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use lunch_testkit::{Checked, systemd_analyze};
 
 /// The first systemd with `Type=notify-reload` that runs `ExecReload=`
 /// before sending the reload signal.
@@ -142,7 +143,7 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
         verify(&args.destdir, &files, version)?;
     }
     if to_root {
-        run(Command::new("systemctl").arg("daemon-reload"))?;
+        Command::new("systemctl").arg("daemon-reload").run_checked()?;
     }
     print_next_steps(&args.domain, to_root);
     Ok(())
@@ -154,7 +155,7 @@ pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
         disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
-        run(&mut disable)?;
+        disable.run_checked()?;
     }
     let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
     paths.push(prefix.join("bin/lunchd"));
@@ -183,7 +184,7 @@ pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         }
     }
     if to_root && !args.dry_run {
-        run(Command::new("systemctl").arg("daemon-reload"))?;
+        Command::new("systemctl").arg("daemon-reload").run_checked()?;
     }
     Ok(())
 }
@@ -373,16 +374,10 @@ fn target_dir(root: &Path) -> PathBuf {
 
 fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
+    Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "lunchd"]))
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed ({status})");
-    }
+        .args(["build", "--release", "--locked", "-p", "lunchd"])
+        .run_checked()?;
     Ok(())
 }
 
@@ -468,11 +463,11 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     }
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
     let output = systemd_analyze(&args)?;
-    let analyzer = systemd_analyze(&["--version".to_owned()])
+    let analyzer = systemd_analyze(&["--version"])
         .ok()
-        .and_then(|o| parse_systemd_version(&o.stdout))
+        .and_then(|o| parse_systemd_version(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or(0);
-    let stderr = output.stderr;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let mut problems = Vec::new();
     for line in stderr.lines().filter(|l| l.contains("lunchd")) {
         // What systemd-analyze 252 says about exactly these two settings.
@@ -488,7 +483,7 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
             problems.push(line);
         }
     }
-    if !output.success || !problems.is_empty() {
+    if !output.status.success() || !problems.is_empty() {
         bail!(
             "systemd-analyze verify found problems in the written units:\n{}",
             if problems.is_empty() {
@@ -500,38 +495,6 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     }
     println!("systemd-analyze verify: ok");
     Ok(())
-}
-
-/// What a `systemd-analyze` run printed.
-pub(crate) struct Analyzed {
-    pub(crate) success: bool,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
-
-/// Runs `systemd-analyze ARGS`. As root it runs in a private mount
-/// namespace with a tmpfs on /run/systemd: systemd 252's analyzer touches
-/// /run/systemd/systemd-units-load, which must not appear on a host (or
-/// container) whose PID 1 is not systemd.
-pub(crate) fn systemd_analyze(args: &[String]) -> anyhow::Result<Analyzed> {
-    let mut command = if crate::system::is_root() {
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd || exit 1; fi; exec \"$0\" \"$@\"")
-            .arg("systemd-analyze");
-        c
-    } else {
-        Command::new("systemd-analyze")
-    };
-    let output = command
-        .args(args)
-        .output()
-        .context("running systemd-analyze (Debian package systemd; unshare from util-linux as root)")?;
-    Ok(Analyzed {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
 }
 
 /// A directory removed on drop.

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use lunch_testkit::Checked;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -48,10 +49,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
     }
-    let status = test.status().context("running cargo test")?;
-    if !status.success() {
-        bail!("the browser test failed ({status}); its output above says why");
-    }
+    test.run_checked()
+        .context("the browser test failed; its output above says why")?;
     std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
     for (from, to) in SHOTS {
         let (from, to) = (scratch.join(from), docs.join(to));

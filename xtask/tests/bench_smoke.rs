@@ -2,24 +2,33 @@
 //! machinery works end to end (socket activation, every load tool, CPU and
 //! memory sampling, reloads, the result files). It asserts no speed.
 //!
-//! Needs wrk, h2load (nghttp2-client) and ab (apache2-utils); the bench
-//! installs missing ones with apt-get when run as root.
+//! Needs wrk, h2load (nghttp2-client), ab (apache2-utils), openssl, curl
+//! and systemd-socket-activate (systemd); it fails, naming the package,
+//! where one is missing (`cargo xtask test` installs them).
 
-use std::path::Path;
+mod support;
+
 use std::process::Command;
+
+use lunch_testkit::require_tool;
 
 #[test]
 fn quick_bench_measures_every_test_and_writes_results() {
-    let xtask = Path::new(env!("CARGO_BIN_EXE_xtask"));
-    // `cargo test --workspace` builds lunchd's binary next to xtask's.
-    let lunchd = xtask.with_file_name("lunchd");
-    assert!(
-        lunchd.is_file(),
-        "{} is missing; build it with `cargo build -p lunchd` (cargo test --workspace does)",
-        lunchd.display()
-    );
+    for (tool, package) in [
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+        ("ab", "apache2-utils"),
+        ("openssl", "openssl"),
+        ("curl", "curl"),
+        ("systemd-socket-activate", "systemd"),
+        ("kill", "procps"),
+        ("pgrep", "procps"),
+    ] {
+        require_tool(tool, package);
+    }
+    let lunchd = support::lunchd();
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new(xtask)
+    let run = Command::new(support::XTASK)
         .args(["bench", "--quick", "--lunchd"])
         .arg(&lunchd)
         .arg("--out")
@@ -56,7 +65,11 @@ fn quick_bench_measures_every_test_and_writes_results() {
     assert!(markdown.contains("server CPU µs/req"), "{markdown}");
     // Every process the bench started is gone: lunchd ran with files from
     // the scratch directory on its command line.
-    let leftover = Command::new("pgrep").arg("-f").arg(out.path()).output().unwrap();
+    let leftover = Command::new(require_tool("pgrep", "procps"))
+        .arg("-f")
+        .arg(out.path())
+        .output()
+        .unwrap();
     assert!(
         leftover.stdout.is_empty(),
         "processes left running: {}",
