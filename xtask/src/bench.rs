@@ -356,8 +356,7 @@ fn build_lunchd(root: &Path) -> anyhow::Result<PathBuf> {
         .args(["build", "--release", "--quiet", "-p", "lunchd"])
         .current_dir(root)
         .run_checked()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("release/lunchd"))
+    Ok(crate::system::target_dir(root).join("release/lunchd"))
 }
 
 fn ms(d: Duration) -> f64 {

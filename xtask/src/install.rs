@@ -110,7 +110,7 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     let binary = args
         .binary
         .clone()
-        .unwrap_or_else(|| target_dir(&root).join("release/lunchd"));
+        .unwrap_or_else(|| crate::system::target_dir(&root).join("release/lunchd"));
     if !args.no_build && !args.dry_run {
         build_release(&root)?;
     }
@@ -368,10 +368,6 @@ fn parse_systemd_version(text: &str) -> Option<u32> {
     number.parse().ok()
 }
 
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
 fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(cargo)
@@ -442,20 +438,23 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     let root = if destdir == Path::new("/") {
         None
     } else {
-        scratch = Scratch::new("verify")?;
+        scratch = tempfile::Builder::new()
+            .prefix("lunchd-verify-")
+            .tempdir()
+            .context("creating a scratch directory")?;
         copy_dir(
             Path::new("/usr/lib/systemd/system"),
-            &scratch.0.join("usr/lib/systemd/system"),
+            &scratch.path().join("usr/lib/systemd/system"),
         )?;
         for file in files {
             let from = under(destdir, &file.path);
-            let to = under(&scratch.0, &file.path);
-            fs::create_dir_all(to.parent().unwrap_or(&scratch.0))?;
+            let to = under(scratch.path(), &file.path);
+            fs::create_dir_all(to.parent().unwrap_or(scratch.path()))?;
             if fs::hard_link(&from, &to).is_err() {
                 fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
             }
         }
-        Some(scratch.0.clone())
+        Some(scratch.path().to_owned())
     };
     let mut args = vec!["verify".to_owned(), "--man=no".to_owned(), "--generators=no".to_owned()];
     if let Some(root) = &root {
@@ -495,29 +494,6 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     }
     println!("systemd-analyze verify: ok");
     Ok(())
-}
-
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> anyhow::Result<Scratch> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "lunchd-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Scratch(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Copies the files and symlinks of `from` (one level of subdirectories
@@ -568,7 +544,7 @@ mod tests {
     /// Writes the units for `version` with `edit` applied to the service
     /// under a scratch destdir, and verifies them.
     fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
-        let destdir = Scratch::new("verify-test").unwrap();
+        let destdir = tempfile::tempdir().unwrap();
         let binary = std::env::current_exe().unwrap();
         let root = crate::project_root();
         let mut files = plan(&root, &binary, "lunch.example", Path::new(TEMPLATE_PREFIX), version).unwrap();
@@ -576,9 +552,9 @@ mod tests {
             if let (true, Contents::Text(text)) = (file.path.ends_with(SERVICE), &mut file.contents) {
                 *text = edit(std::mem::take(text));
             }
-            write_file(&destdir.0, file).unwrap();
+            write_file(destdir.path(), file).unwrap();
         }
-        verify(&destdir.0, &files, version)
+        verify(destdir.path(), &files, version)
     }
 
     #[test]

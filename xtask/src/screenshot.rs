@@ -6,7 +6,6 @@
 //! the results into docs/. The test is never skipped here: without
 //! Chromium this fails and says how to install it.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context;
@@ -29,8 +28,7 @@ const SHOTS: [(&str, &str); 3] = [
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::project_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let scratch = target.join("tmp").join("xtask-screenshot");
+    let scratch = crate::system::target_dir(&root).join("tmp").join("xtask-screenshot");
     let docs = root.join("docs");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut test = Command::new(cargo);

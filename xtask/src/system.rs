@@ -1,6 +1,7 @@
 //! Facts about the machine the tasks run on, and installing what they need
 //! from Debian.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
@@ -15,6 +16,12 @@ pub(crate) fn is_root() -> bool {
 /// PATH may lack.
 pub(crate) fn on_path(tool: &str) -> bool {
     lunch_testkit::find_tool(tool).is_some()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, or `target/` under the
+/// workspace `root`.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 /// `apt-get install` of `packages`, non-interactive; `task` names the caller
