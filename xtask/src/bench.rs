@@ -327,14 +327,7 @@ fn reloads_under_load(
 }
 
 fn ensure_tools(nginx: bool) -> anyhow::Result<()> {
-    let mut wanted = vec![
-        ("wrk", "wrk"),
-        ("h2load", "nghttp2-client"),
-        ("ab", "apache2-utils"),
-        ("openssl", "openssl"),
-        ("curl", "curl"),
-        ("systemd-socket-activate", "systemd"),
-    ];
+    let mut wanted = lunch_testkit::BENCH_TOOLS.to_vec();
     if nginx {
         wanted.push(("nginx", "nginx-light"));
     }

@@ -2,46 +2,31 @@
 //! machinery works end to end (socket activation, every load tool, CPU and
 //! memory sampling, reloads, the result files). It asserts no speed.
 //!
-//! Needs wrk, h2load (nghttp2-client), ab (apache2-utils), openssl, curl
-//! and systemd-socket-activate (systemd); it fails, naming the package,
-//! where one is missing (`cargo xtask test` installs them).
+//! Needs the bench's tools (`lunch_testkit::BENCH_TOOLS`: wrk, h2load, ab,
+//! openssl, curl, systemd-socket-activate, kill) and pgrep; it fails,
+//! naming the package, where one is missing (`cargo xtask test` installs
+//! them).
 
 mod support;
 
 use std::process::Command;
 
-use lunch_testkit::require_tool;
+use lunch_testkit::{BENCH_TOOLS, Checked, require_tool};
 
 #[test]
 fn quick_bench_measures_every_test_and_writes_results() {
-    for (tool, package) in [
-        ("wrk", "wrk"),
-        ("h2load", "nghttp2-client"),
-        ("ab", "apache2-utils"),
-        ("openssl", "openssl"),
-        ("curl", "curl"),
-        ("systemd-socket-activate", "systemd"),
-        ("kill", "procps"),
-        ("pgrep", "procps"),
-    ] {
+    for (tool, package) in BENCH_TOOLS {
         require_tool(tool, package);
     }
     let lunchd = support::lunchd();
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new(support::XTASK)
+    Command::new(support::XTASK)
         .args(["bench", "--quick", "--lunchd"])
         .arg(&lunchd)
         .arg("--out")
         .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "cargo xtask bench --quick failed: {}\n{}{}",
-        run.status,
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+        .read_checked()
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();

@@ -34,6 +34,7 @@ pub struct Leaf {
 
 impl TestCa {
     /// A new CA. Panics where [`TestCa::try_new`] fails.
+    #[track_caller]
     pub fn new() -> TestCa {
         TestCa::try_new().unwrap_or_else(|e| panic!("cannot make the test CA: {e}"))
     }
@@ -55,12 +56,14 @@ impl TestCa {
 
     /// A leaf for `names` (the first is also its common name) with serial
     /// number `serial`, valid now.
+    #[track_caller]
     pub fn issue(&self, names: &[&str], serial: u64) -> Leaf {
         self.issue_with(names, serial, |_| {})
     }
 
     /// [`TestCa::issue`] with `adjust` applied to the leaf's parameters
     /// (dates, extensions). Panics where [`TestCa::try_issue_with`] fails.
+    #[track_caller]
     pub fn issue_with(&self, names: &[&str], serial: u64, adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
         self.try_issue_with(names, serial, adjust)
             .unwrap_or_else(|e| panic!("cannot issue a test certificate for {names:?}: {e}"))

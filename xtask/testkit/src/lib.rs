@@ -21,4 +21,4 @@ mod tools;
 pub use ca::{Leaf, TestCa, hex};
 pub use cmd::{Checked, CmdError, command_line};
 pub use notify::{NotNotified, Notified, NotifySocket};
-pub use tools::{TOOLS, find_tool, free_port, locate_tool, require_tool, systemd_analyze, try_free_port};
+pub use tools::{BENCH_TOOLS, TOOLS, find_tool, free_port, locate_tool, require_tool, systemd_analyze, try_free_port};

@@ -49,6 +49,7 @@ impl std::error::Error for NotNotified {}
 
 impl NotifySocket {
     /// A socket at `dir/notify.sock`. Panics where it cannot bind.
+    #[track_caller]
     pub fn new(dir: &Path) -> NotifySocket {
         let path = dir.join("notify.sock");
         NotifySocket::bind(path.clone()).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()))
@@ -64,6 +65,7 @@ impl NotifySocket {
     /// A socket in the abstract namespace (`@name`), as service managers
     /// other than PID 1 may pass; `tag` makes the name unique within a
     /// process.
+    #[track_caller]
     pub fn new_abstract(tag: &str) -> NotifySocket {
         use std::os::linux::net::SocketAddrExt;
         let name = format!("lunchd-test-{}-{tag}", std::process::id());
@@ -110,6 +112,7 @@ impl NotifySocket {
 
     /// [`NotifySocket::try_wait_for`], panicking when nothing came; returns
     /// the messages.
+    #[track_caller]
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Vec<String> {
         self.try_wait_for(needle, timeout)
             .unwrap_or_else(|e| panic!("{e}"))

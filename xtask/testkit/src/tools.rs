@@ -28,6 +28,18 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
 ];
 
+/// What `cargo xtask bench` drives (nginx aside, for `--against nginx`),
+/// all of them in [`TOOLS`] too.
+pub const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    ("ab", "apache2-utils"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    ("systemd-socket-activate", "systemd"),
+    ("kill", "procps"),
+];
+
 /// Where `command` is: on the PATH, or in the sbin directories a non-root
 /// PATH may lack.
 pub fn find_tool(command: &str) -> Option<PathBuf> {
@@ -56,12 +68,14 @@ pub fn locate_tool(command: &str, package: &str) -> Result<PathBuf, String> {
 /// `command`'s path. Panics, naming the Debian package to install, when it
 /// is missing: a test that needs a tool fails without it, never skips.
 /// `command` must be one of [`TOOLS`], with `package`.
+#[track_caller]
 pub fn require_tool(command: &str, package: &str) -> PathBuf {
     locate_tool(command, package).unwrap_or_else(|message| panic!("{message}"))
 }
 
 /// A loopback port that was free a moment ago. Panics where
 /// [`try_free_port`] fails.
+#[track_caller]
 pub fn free_port() -> u16 {
     try_free_port().unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
@@ -105,6 +119,13 @@ mod tests {
     fn every_tool_is_listed_once() {
         for (i, (tool, _)) in TOOLS.iter().enumerate() {
             assert!(!TOOLS[..i].iter().any(|(t, _)| t == tool), "{tool} is listed twice");
+        }
+    }
+
+    #[test]
+    fn the_bench_tools_are_tools_of_the_suite() {
+        for tool in BENCH_TOOLS {
+            assert!(TOOLS.contains(tool), "{tool:?}");
         }
     }
 
