@@ -87,7 +87,7 @@ fn the_page_in_headless_chromium() {
                 );
                 return;
             }
-            panic!("{missing}; or point LUNCHD_CHROMIUM at it, or set LUNCHD_SKIP_BROWSER=1 to skip this test");
+            panic!("{missing}, or set LUNCHD_SKIP_BROWSER=1 to skip this test");
         }
     };
 
@@ -277,7 +277,8 @@ fn chromium() -> Result<PathBuf, String> {
         Some(path) => Some(PathBuf::from(&path))
             .filter(|p| p.is_file())
             .ok_or_else(|| format!("LUNCHD_CHROMIUM={path:?} is not a file")),
-        None => support::locate_tool("chromium", "chromium"),
+        None => support::locate_tool("chromium", "chromium")
+            .map_err(|missing| format!("{missing}; or point LUNCHD_CHROMIUM at it")),
     }
 }
 
