@@ -36,7 +36,10 @@ impl TestCa {
     /// A new CA. Panics where [`TestCa::try_new`] fails.
     #[track_caller]
     pub fn new() -> TestCa {
-        TestCa::try_new().unwrap_or_else(|e| panic!("cannot make the test CA: {e}"))
+        match TestCa::try_new() {
+            Ok(ca) => ca,
+            Err(e) => panic!("cannot make the test CA: {e}"),
+        }
     }
 
     /// A new CA, or rcgen's error (which only a broken crypto provider
@@ -65,8 +68,10 @@ impl TestCa {
     /// (dates, extensions). Panics where [`TestCa::try_issue_with`] fails.
     #[track_caller]
     pub fn issue_with(&self, names: &[&str], serial: u64, adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        self.try_issue_with(names, serial, adjust)
-            .unwrap_or_else(|e| panic!("cannot issue a test certificate for {names:?}: {e}"))
+        match self.try_issue_with(names, serial, adjust) {
+            Ok(leaf) => leaf,
+            Err(e) => panic!("cannot issue a test certificate for {names:?}: {e}"),
+        }
     }
 
     /// [`TestCa::issue_with`], returning rcgen's error (for an invalid

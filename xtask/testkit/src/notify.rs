@@ -52,7 +52,10 @@ impl NotifySocket {
     #[track_caller]
     pub fn new(dir: &Path) -> NotifySocket {
         let path = dir.join("notify.sock");
-        NotifySocket::bind(path.clone()).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()))
+        match NotifySocket::bind(path.clone()) {
+            Ok(notify) => notify,
+            Err(e) => panic!("binding {}: {e}", path.display()),
+        }
     }
 
     /// A socket at `path`, replacing a socket file left there.
@@ -71,7 +74,10 @@ impl NotifySocket {
         let name = format!("lunchd-test-{}-{tag}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
             .and_then(|addr| UnixDatagram::bind_addr(&addr));
-        let socket = addr.unwrap_or_else(|e| panic!("binding @{name}: {e}"));
+        let socket = match addr {
+            Ok(socket) => socket,
+            Err(e) => panic!("binding @{name}: {e}"),
+        };
         NotifySocket {
             path: PathBuf::from(format!("@{name}")),
             socket,
@@ -114,9 +120,10 @@ impl NotifySocket {
     /// the messages.
     #[track_caller]
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Vec<String> {
-        self.try_wait_for(needle, timeout)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .messages
+        match self.try_wait_for(needle, timeout) {
+            Ok(notified) => notified.messages,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// Drops the messages already received.

@@ -70,14 +70,20 @@ pub fn locate_tool(command: &str, package: &str) -> Result<PathBuf, String> {
 /// `command` must be one of [`TOOLS`], with `package`.
 #[track_caller]
 pub fn require_tool(command: &str, package: &str) -> PathBuf {
-    locate_tool(command, package).unwrap_or_else(|message| panic!("{message}"))
+    match locate_tool(command, package) {
+        Ok(path) => path,
+        Err(message) => panic!("{message}"),
+    }
 }
 
 /// A loopback port that was free a moment ago. Panics where
 /// [`try_free_port`] fails.
 #[track_caller]
 pub fn free_port() -> u16 {
-    try_free_port().unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+    match try_free_port() {
+        Ok(port) => port,
+        Err(e) => panic!("cannot find a free loopback port: {e}"),
+    }
 }
 
 /// A loopback port that was free a moment ago, or why none could be had.
