@@ -17,6 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use crate::clients::ClientSlot;
 use crate::deadlines::{Deadlines, Heads};
 use crate::handler::{Handler, HyperService};
 use crate::handshake::{Handshake, handshake};
@@ -73,12 +74,15 @@ pub(crate) struct ConnectionTask<S> {
     pub(crate) stopping: watch::Receiver<bool>,
     /// The connection's slot under `Limits::max_connections`.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// The connection's place in its client's count.
+    pub(crate) client: Option<ClientSlot>,
 }
 
 impl<S: Handler> ConnectionTask<S> {
     pub(crate) async fn run(self, stream: TcpStream, peer: SocketAddr) {
         // Released after the connection stops counting as open.
         let _permit = self.permit;
+        let _client = self.client;
         let _open = OpenConnection::new(&self.stats);
         let _ = stream.set_nodelay(true);
         let conn = Arc::clone(&self.conn);
@@ -193,6 +197,7 @@ mod tests {
             watcher: graceful.watcher(),
             stopping: watch::channel(false).1,
             permit: None,
+            client: None,
         };
         (client, tokio::spawn(task.run(server, peer)))
     }

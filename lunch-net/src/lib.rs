@@ -19,6 +19,7 @@
 //! This crate never chooses a port, a path or a name: it is handed
 //! listeners, certificate files and a handler.
 
+mod clients;
 mod connection;
 mod deadlines;
 mod handler;

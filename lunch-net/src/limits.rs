@@ -24,6 +24,13 @@ pub struct Limits {
     /// Open connections per server; further clients wait in the kernel's
     /// listen queue.
     pub max_connections: usize,
+    /// Open connections per client and server; a client's connection over
+    /// it is closed at once after accept, before any TLS work. Connections
+    /// closed so do not count against `max_connections`.
+    pub max_connections_per_client: usize,
+    /// Leading bits of an IPv6 address that name one client for
+    /// `max_connections_per_client`: a host usually holds a whole /64.
+    pub client_ipv6_prefix: u8,
     /// Size of a request head (HTTP/1) or header list (HTTP/2), in bytes.
     pub max_header_bytes: usize,
     /// Number of header fields in an HTTP/1 request.
@@ -40,6 +47,12 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            // An office behind one NAT address: 50 people with a tab or
+            // two open, one HTTP/2 connection each (browsers open up to 6
+            // per host for HTTP/1.1, briefly) stay far below it, and one
+            // address still holds at most a quarter of `max_connections`.
+            max_connections_per_client: 256,
+            client_ipv6_prefix: 64,
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             max_streams: 100,
@@ -58,6 +71,9 @@ pub struct Stats {
     pub handshake_failures: AtomicU64,
     /// Plain-HTTP requests refused on the TLS port.
     pub plaintext_on_tls: AtomicU64,
+    /// Connections closed right after accept because their client already
+    /// held `Limits::max_connections_per_client`.
+    pub refused_per_client: AtomicU64,
 }
 
 /// Counts a connection as open for as long as it lives, however its task
@@ -101,6 +117,11 @@ mod tests {
         assert!(limits.header_timeout <= limits.idle_timeout, "{limits:?}");
         assert!(limits.handshake_timeout <= limits.idle_timeout, "{limits:?}");
         assert!(limits.max_connections >= 1);
+        assert!(
+            (1..=limits.max_connections).contains(&limits.max_connections_per_client),
+            "{limits:?}"
+        );
+        assert!((16..=128).contains(&limits.client_ipv6_prefix), "{limits:?}");
         // hyper's HTTP/1 read buffer is at least 8 KiB: less would not bound
         // anything lower.
         assert!(limits.max_header_bytes >= 8192, "{limits:?}");

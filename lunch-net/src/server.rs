@@ -1,6 +1,7 @@
 //! The accept loop: one [`Server`] per listening socket, bounded by
-//! [`Limits::max_connections`], handing each connection to a worker (or
-//! its own runtime) and draining them on shutdown.
+//! [`Limits::max_connections`] and, per client, by
+//! [`Limits::max_connections_per_client`], handing each connection to a
+//! worker (or its own runtime) and draining them on shutdown.
 
 use std::future::Future;
 use std::io;
@@ -17,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use crate::clients::{Clients, Refusals};
 use crate::connection::{Connection, ConnectionTask};
 use crate::handler::Handler;
 use crate::limits::{Limits, Stats};
@@ -136,6 +138,11 @@ impl<S: Handler> Server<S> {
         drop(probe);
         let conn = Arc::new(Connection::new(handler, &limits, tls));
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let clients = Arc::new(Clients::new(
+            limits.max_connections_per_client,
+            limits.client_ipv6_prefix,
+        ));
+        let mut refusals = Refusals::default();
         let graceful = GracefulShutdown::new();
         let (stopping_tx, stopping) = watch::channel(false);
         let mut shutdown = pin!(shutdown);
@@ -153,12 +160,30 @@ impl<S: Handler> Server<S> {
                 accepted = listener.accept(), if permit.is_some() => match accepted {
                     Ok((stream, peer)) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        // Before any TLS work, and without taking the
+                        // connection slot: a refusal costs a lookup and a
+                        // close.
+                        let Some(client) = clients.admit(peer.ip()) else {
+                            stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                            drop(stream);
+                            if let Some(refused) = refusals.refused(tokio::time::Instant::now()) {
+                                tracing::warn!(
+                                    server = name,
+                                    refused,
+                                    latest = %peer.ip(),
+                                    limit = limits.max_connections_per_client,
+                                    "closed connections from clients that already hold the per-client connection limit"
+                                );
+                            }
+                            continue;
+                        };
                         let task = ConnectionTask {
                             conn: Arc::clone(&conn),
                             stats: Arc::clone(&stats),
                             watcher: graceful.watcher(),
                             stopping: stopping.clone(),
                             permit: permit.take(),
+                            client: Some(client),
                         };
                         match &workers {
                             Some(workers) => {
@@ -239,12 +264,15 @@ mod tests {
         response
     }
 
-    #[tokio::test]
-    async fn clients_beyond_the_connection_limit_wait_for_a_free_slot() {
-        let limits = Limits {
-            max_connections: 1,
-            ..Limits::default()
-        };
+    /// A plain server within `limits`, running until `stop` is sent.
+    fn start(
+        limits: Limits,
+    ) -> (
+        SocketAddr,
+        Arc<Stats>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let server = Server::plain(listener(), redirector(), limits).unwrap();
         let addr = server.local_addr().unwrap();
         let stats = server.stats();
@@ -252,6 +280,16 @@ mod tests {
         let running = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
+        (addr, stats, stop, running)
+    }
+
+    #[tokio::test]
+    async fn clients_beyond_the_connection_limit_wait_for_a_free_slot() {
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let (addr, stats, stop, running) = start(limits);
         let first = TcpStream::connect(addr).await.unwrap();
         let mut second = TcpStream::connect(addr).await.unwrap();
         let waiting = tokio::spawn(async move { get(&mut second).await });
@@ -265,6 +303,67 @@ mod tests {
         let response = timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
         assert!(response.starts_with("HTTP/1.1 301 "), "{response}");
         assert_eq!(stats.accepted.load(Ordering::Relaxed), 2);
+        stop.send(()).unwrap();
+        running.await.unwrap();
+    }
+
+    /// Connects to `addr` from `from` (any address of 127.0.0.0/8 is
+    /// local on Linux).
+    async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_limit_is_closed_and_others_are_served() {
+        let limits = Limits {
+            max_connections: 4,
+            max_connections_per_client: 2,
+            ..Limits::default()
+        };
+        let (addr, stats, stop, running) = start(limits);
+        let held = [
+            connect_from([127, 0, 0, 2], addr).await,
+            connect_from([127, 0, 0, 2], addr).await,
+        ];
+        // The third from the same address is closed without an answer,
+        // and again each time it comes back...
+        for attempt in 1..=5u64 {
+            let mut over = connect_from([127, 0, 0, 2], addr).await;
+            let mut buf = Vec::new();
+            let read = timeout(Duration::from_secs(10), over.read_to_end(&mut buf))
+                .await
+                .unwrap();
+            assert!(read.is_err() || buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+            assert_eq!(stats.refused_per_client.load(Ordering::Relaxed), attempt);
+        }
+        // ...while another address is served, and does not count as refused.
+        for _ in 0..3 {
+            let mut other = connect_from([127, 0, 0, 3], addr).await;
+            let response = timeout(Duration::from_secs(10), get(&mut other)).await.unwrap();
+            assert!(response.starts_with("HTTP/1.1 301 "), "{response}");
+        }
+        assert_eq!(stats.refused_per_client.load(Ordering::Relaxed), 5);
+        // A closed connection gives its client's slot back.
+        drop(held);
+        let response = timeout(Duration::from_secs(10), async {
+            loop {
+                // Refused until the server has seen the held ones close.
+                let mut again = connect_from([127, 0, 0, 2], addr).await;
+                let mut response = String::new();
+                let _ = again
+                    .write_all(b"GET / HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = again.read_to_string(&mut response).await;
+                if !response.is_empty() {
+                    return response;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(response.starts_with("HTTP/1.1 301 "), "{response}");
         stop.send(()).unwrap();
         running.await.unwrap();
     }

@@ -137,6 +137,28 @@ pub const LIMITS: &[LimitSpec] = &[
         set: |l, v| l.max_connections = v as usize,
     },
     LimitSpec {
+        key: "max_connections_per_client",
+        unit: Unit::Count,
+        min: 1,
+        max: 1_000_000,
+        doc: "Open connections per client address and server; a client's further connections are closed \
+              at once, before any TLS work, and counted. The default leaves room for an office of people \
+              behind one NAT address (see docs/security.md); above `max_connections` it has no effect",
+        get: |l| l.max_connections_per_client as u64,
+        set: |l, v| l.max_connections_per_client = v as usize,
+    },
+    LimitSpec {
+        key: "client_ipv6_prefix",
+        unit: Unit::Count,
+        min: 16,
+        max: 128,
+        doc: "Leading bits of an IPv6 address that make one client for `max_connections_per_client`: a \
+              host usually has a whole /64 to pick addresses from",
+        get: |l| u64::from(l.client_ipv6_prefix),
+        // In range, so at most 128.
+        set: |l, v| l.client_ipv6_prefix = v as u8,
+    },
+    LimitSpec {
         key: "max_header_bytes",
         unit: Unit::Count,
         min: 8192,
@@ -877,7 +899,7 @@ mod tests {
             (
                 "[limits]\nmax_conections = 5\n",
                 &[
-                    "/etc/lunchd/lunchd.toml:2:1: `limits.max_conections`: unknown field `max_conections`, expected one of `handshake_timeout`, `header_timeout`, `idle_timeout`, `drain_timeout`, `max_connections`, `max_header_bytes`, `max_headers`, `max_streams`",
+                    "/etc/lunchd/lunchd.toml:2:1: `limits.max_conections`: unknown field `max_conections`, expected one of `handshake_timeout`, `header_timeout`, `idle_timeout`, `drain_timeout`, `max_connections`, `max_connections_per_client`, `client_ipv6_prefix`, `max_header_bytes`, `max_headers`, `max_streams`",
                 ],
             ),
             // A wrong type, at the value; each of several in one table.

@@ -277,6 +277,11 @@ impl TlsConnection {
         let tcp = AsyncTcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
             .await
             .unwrap();
+        TlsConnection::connect_on(tcp, host, config).await
+    }
+
+    /// As [`TlsConnection::connect`], over `tcp`.
+    pub async fn connect_on(tcp: AsyncTcpStream, host: &str, config: Arc<rustls::ClientConfig>) -> TlsConnection {
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = ServerName::try_from(host.to_owned()).unwrap();
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
@@ -349,6 +354,15 @@ pub fn serial_of(cert: &CertificateDer<'_>) -> String {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).unwrap();
     hex(parsed.raw_serial())
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `from`
+/// (Linux routes all of 127.0.0.0/8 to `lo`), so that one test can be
+/// several clients.
+pub async fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<AsyncTcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await
 }
 
 /// Retries `f` until it returns `Some` or `timeout` passes.
