@@ -2,13 +2,18 @@
 //! then hyper's HTTP/2 or HTTP/1 per ALPN, within the connection's
 //! deadlines, until it ends or the server drains it.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header;
 use hyper::server::conn::{http1, http2};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::clients::ClientSlot;
 use crate::deadlines::{Deadlines, Heads};
-use crate::handler::{Handler, HyperService};
+use crate::handler::Handler;
 use crate::handshake::{Handshake, handshake};
 use crate::limits::{Limits, OpenConnection, Stats};
 
@@ -29,6 +34,8 @@ pub(crate) struct Connection<S> {
     tls: Option<TlsAcceptor>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// Enforced on HTTP/2 header lists by [`serve_http2`].
+    max_header_bytes: usize,
     handshake_timeout: Duration,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -46,7 +53,7 @@ impl<S> Connection<S> {
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(http2_header_cap(limits.max_header_bytes)).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(20))
             .max_local_error_reset_streams(Some(256));
         // No keep-alive PINGs: a client answering them would count as
@@ -57,6 +64,7 @@ impl<S> Connection<S> {
             tls,
             http1,
             http2,
+            max_header_bytes: limits.max_header_bytes,
             handshake_timeout: limits.handshake_timeout,
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
@@ -97,10 +105,7 @@ impl<S: Handler> ConnectionTask<S> {
                 Ok(Ok(Handshake::Tls(tls))) => {
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let served = if h2 {
-                        let io = TokioIo::new(Deadlines::idle(tls, conn.idle_timeout));
-                        self.watcher
-                            .watch(conn.http2.serve_connection(io, HyperService(service)))
-                            .await
+                        serve_http2(&conn, tls, service, self.watcher).await
                     } else {
                         serve_http1(&conn, tls, service, self.stopping).await
                     };
@@ -123,6 +128,78 @@ impl<S: Handler> ConnectionTask<S> {
             },
         }
     }
+}
+
+/// The header list size the HTTP/2 server announces and h2 enforces,
+/// above the configured one, so that a list between `max_header_bytes`
+/// and this reaches [`serve_http2`], which answers a 431 that says what
+/// happened. h2 answers a larger list with an empty 431 itself, and ends
+/// the connection (GOAWAY) when a block is over four times this or takes
+/// more CONTINUATION frames than this needs: a client sending that much
+/// is attacking, not mistaken. The cap is what a connection holds of a
+/// refused header list at most, while it is decoded; 128 KiB at least
+/// lets a 100 KB header (a cookie gone wrong) get its 431.
+fn http2_header_cap(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(8).max(128 * 1024)
+}
+
+/// The size of `request`'s header list as HTTP/2 counts it (RFC 9113
+/// §6.5.2: name, value and 32 bytes per field, pseudo-headers included).
+fn header_list_size<B>(request: &Request<B>) -> usize {
+    const PER_FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        (":method".len(), request.method().as_str().len()),
+        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+        (":authority".len(), uri.authority().map_or(0, |a| a.as_str().len())),
+        (":path".len(), uri.path_and_query().map_or(0, |p| p.as_str().len())),
+    ];
+    let fields = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().len(), value.len()));
+    pseudo
+        .into_iter()
+        .chain(fields)
+        .map(|(name, value)| name + value + PER_FIELD)
+        .sum()
+}
+
+/// The answer to an HTTP/2 request whose header list is over the limit:
+/// a 431 on its stream, in the JSON error shape lunchd's API uses, rather
+/// than a reset, which a client would take as "safe to retry".
+fn headers_too_large(max_header_bytes: usize) -> Response<Full<Bytes>> {
+    let body =
+        format!("{{\"error\":\"request headers too large; send at most {max_header_bytes} bytes of headers\"}}\n");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Serves one HTTP/2 connection within its idle deadline; a request whose
+/// header list is over the limit gets [`headers_too_large`] and the
+/// connection goes on.
+async fn serve_http2<I, S: Handler>(conn: &Connection<S>, io: I, service: S, watcher: Watcher) -> hyper::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Deadlines::idle(io, conn.idle_timeout));
+    let max = conn.max_header_bytes;
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let too_large = header_list_size(&request) > max;
+        let answer = (!too_large).then(|| service.handle(request));
+        async move {
+            Ok::<_, Infallible>(match answer {
+                Some(answer) => answer.await?.map(Either::Left),
+                None => headers_too_large(max).map(Either::Right),
+            })
+        }
+    });
+    watcher.watch(conn.http2.serve_connection(io, service)).await
 }
 
 /// How long a connection that has not delivered its first request yet is
@@ -200,6 +277,20 @@ mod tests {
             client: None,
         };
         (client, tokio::spawn(task.run(server, peer)))
+    }
+
+    #[test]
+    fn a_header_list_is_measured_as_http2_counts_it() {
+        let request = Request::get("https://localhost/healthz?x")
+            .header("x-a", "bb")
+            .body(())
+            .unwrap();
+        let pseudo = (7 + 3) + (7 + 5) + (10 + 9) + (5 + 10);
+        assert_eq!(header_list_size(&request), pseudo + (3 + 2) + 5 * 32);
+        // What the server accepts below its limit, h2 lets through.
+        for max in [8192, 16 * 1024, 1024 * 1024] {
+            assert!(http2_header_cap(max) >= 4 * max, "{max}");
+        }
     }
 
     #[tokio::test]

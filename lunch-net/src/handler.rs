@@ -49,21 +49,6 @@ where
     }
 }
 
-/// A [`Handler`] as the hyper service it is, for hyper's connection
-/// builders; no cost beyond the call it forwards.
-#[derive(Debug, Clone)]
-pub(crate) struct HyperService<H>(pub(crate) H);
-
-impl<H: Handler> Service<Request<Incoming>> for HyperService<H> {
-    type Response = Response<H::Body>;
-    type Error = Infallible;
-    type Future = H::Future;
-
-    fn call(&self, request: Request<Incoming>) -> H::Future {
-        self.0.handle(request)
-    }
-}
-
 /// A tower service, such as an axum `Router`, as a [`Handler`].
 pub fn tower_handler<T>(service: T) -> TowerToHyperService<T> {
     TowerToHyperService::new(service)

@@ -302,14 +302,11 @@ fn answered_ok(frames: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
         .any(|(kind, s, payload)| *kind == HEADERS && *s == stream && payload.first() == Some(&0x88))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_header_list_is_refused_on_its_stream() {
-    let served = Served::start("", "").await;
-    let mut tls = h2(&served).await;
-    // 20 KiB of headers (the limit is 16 KiB), in frames of the default
-    // maximum size.
+/// `GET /healthz` on `stream` with `kib` KiB of extra headers, in
+/// HEADERS and CONTINUATION frames of the default maximum frame size.
+fn oversized_request(stream: u32, kib: usize) -> Vec<u8> {
     let mut block = get_healthz();
-    for i in 0..20 {
+    for i in 0..kib {
         literal(&format!("x-big-{i}"), &"a".repeat(1000), &mut block);
     }
     let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
@@ -317,10 +314,59 @@ async fn an_oversized_header_list_is_refused_on_its_stream() {
     for (i, chunk) in chunks.iter().enumerate() {
         let last = if i + 1 == chunks.len() { END_HEADERS } else { 0 };
         match i {
-            0 => bytes.extend(frame(HEADERS, END_STREAM | last, 1, chunk)),
-            _ => bytes.extend(frame(CONTINUATION, last, 1, chunk)),
+            0 => bytes.extend(frame(HEADERS, END_STREAM | last, stream, chunk)),
+            _ => bytes.extend(frame(CONTINUATION, last, stream, chunk)),
         }
     }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_list_gets_431_and_is_never_refused() {
+    let served = Served::start("", "").await;
+    // Over the 16 KiB limit by a little, and a 100 KB header list as a
+    // cookie gone wrong makes one.
+    for kib in [20, 100] {
+        let mut tls = h2(&served).await;
+        let mut bytes = oversized_request(1, kib);
+        bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_healthz()));
+        tls.write_all(&bytes).await.unwrap();
+        // The 431's body says why; REFUSED_STREAM would tell the client to
+        // retry the same request.
+        let explained = |f: &[(u8, u32, Vec<u8>)]| {
+            f.iter().any(|(kind, s, p)| {
+                *kind == DATA && *s == 1 && String::from_utf8_lossy(p).contains("request headers too large")
+            })
+        };
+        let frames = frames_until(&mut tls, |f| explained(f) && answered_ok(f, 3)).await;
+        assert!(explained(&frames), "{kib} KiB: {frames:?}");
+        assert!(!refused(&frames, 1), "{kib} KiB: {frames:?}");
+        assert!(!answered_ok(&frames, 1), "{kib} KiB: {frames:?}");
+        assert!(frames.iter().all(|(kind, ..)| *kind != GOAWAY), "{kib} KiB: {frames:?}");
+        assert!(answered_ok(&frames, 3), "{kib} KiB: {frames:?}");
+    }
+    // A real client gets the status, and its connection goes on.
+    let mut tls = served.connect(&[b"h2"]).await;
+    let big = "a".repeat(100_000);
+    let response = tls
+        .request(hyper::Method::GET, "localhost", "/healthz", &[("cookie", &big)])
+        .await;
+    assert_eq!(response.status, 431, "{}", response.body);
+    assert_eq!(response.headers["content-type"], "application/json");
+    assert_eq!(
+        response.body,
+        "{\"error\":\"request headers too large; send at most 16384 bytes of headers\"}\n"
+    );
+    assert_eq!(tls.get("localhost", "/healthz").await.status, 200);
+    served.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_list_is_refused_on_its_stream() {
+    let served = Served::start("", "").await;
+    let mut tls = h2(&served).await;
+    // 20 KiB of headers (the limit is 16 KiB).
+    let mut bytes = oversized_request(1, 20);
     // Then a normal request on the same connection.
     bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_healthz()));
     tls.write_all(&bytes).await.unwrap();
