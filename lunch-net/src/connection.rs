@@ -55,7 +55,11 @@ impl<S> Connection<S> {
             .max_concurrent_streams(limits.max_streams)
             .max_header_list_size(u32::try_from(http2_header_cap(limits.max_header_bytes)).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(256));
+            .max_local_error_reset_streams(Some(256))
+            // What a stream may queue for a client that does not read (or
+            // grants no window): lunchd's answers are a few KiB, and the
+            // stream's initial window is 64 KiB, so this slows nothing.
+            .max_send_buf_size(64 * 1024);
         // No keep-alive PINGs: a client answering them would count as
         // progress and keep an idle connection open past `idle_timeout`
         // for ever. `Deadlines` already closes idle and dead connections.
@@ -98,7 +102,7 @@ impl<S: Handler> ConnectionTask<S> {
         match &conn.tls {
             None => {
                 if let Err(e) = serve_http1(&conn, stream, service, self.stopping).await {
-                    tracing::debug!(%peer, "http connection ended: {e}");
+                    tracing::debug!(%peer, "http connection ended: {}", Causes(&e));
                 }
             }
             Some(acceptor) => match timeout(conn.handshake_timeout, handshake(acceptor, stream)).await {
@@ -110,7 +114,7 @@ impl<S: Handler> ConnectionTask<S> {
                         serve_http1(&conn, tls, service, self.stopping).await
                     };
                     if let Err(e) = served {
-                        tracing::debug!(%peer, "https connection ended: {e}");
+                        tracing::debug!(%peer, "https connection ended: {}", Causes(&e));
                     }
                 }
                 Ok(Ok(Handshake::Plaintext)) => {
@@ -200,6 +204,22 @@ where
         }
     });
     watcher.watch(conn.http2.serve_connection(io, service)).await
+}
+
+/// An error with its causes, `: `-separated: hyper's own message says
+/// only "connection error" when a deadline cut the connection.
+struct Causes<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// How long a connection that has not delivered its first request yet is

@@ -1,6 +1,7 @@
 //! An I/O wrapper that enforces a connection's deadlines: the idle timeout
-//! (no byte read or written) and, for HTTP/1, the header timeout (a
-//! request's head must arrive in time).
+//! (no byte read or written, or a write blocked that long: a client that
+//! keeps sending but stops reading is cut off as if it were silent) and,
+//! for HTTP/1, the header timeout (a request's head must arrive in time).
 //!
 //! hyper has a header timeout of its own, but it takes the clock, allocates
 //! a timer and registers it with the runtime's timer wheel for every
@@ -53,6 +54,11 @@ pub(crate) struct Deadlines<T> {
     /// Ticks in a row without progress, and how many close the connection.
     silent_ticks: u64,
     idle_ticks: u64,
+    /// The tick since which writes have been pending (the client does not
+    /// read and the socket buffer is full), if they are. Reads do not
+    /// reset it: what the client sends is no progress while it takes
+    /// nothing.
+    write_blocked: Option<u64>,
     head: Option<HeadDeadline>,
 }
 
@@ -94,6 +100,7 @@ impl<T> Deadlines<T> {
             progress: false,
             silent_ticks: 0,
             idle_ticks: ticks_in(idle),
+            write_blocked: None,
             head: header.map(|(header, heads)| HeadDeadline {
                 ticks: ticks_in(header),
                 wrote: false,
@@ -115,6 +122,15 @@ impl<T> Deadlines<T> {
             }
             if self.silent_ticks >= self.idle_ticks {
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long"));
+            }
+            if self
+                .write_blocked
+                .is_some_and(|since| self.ticks - since > self.idle_ticks)
+            {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading responses",
+                ));
             }
             if let Some(head) = &mut self.head {
                 head.update();
@@ -200,7 +216,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        // Flushing a TLS stream is where its records reach the socket.
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(result) => {
+                this.write_blocked = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                this.write_blocked.get_or_insert(this.ticks);
+                this.poll_expired(cx).map(Err)
+            }
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -210,6 +237,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
 
 impl<T> Deadlines<T> {
     fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Ready(_) => self.write_blocked = None,
+            Poll::Pending => {
+                self.write_blocked.get_or_insert(self.ticks);
+            }
+        }
         if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, polled) {
             if *n > 0 {
                 head.wrote = true;
@@ -256,6 +289,48 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(after >= 36 * SECOND && after <= 38 * SECOND, "{after:?}");
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_but_never_reads_is_cut_at_the_idle_timeout() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let a = Deadlines::idle(a, 8 * SECOND);
+        // The client sends a byte every second, and never reads.
+        let sender = tokio::spawn(async move {
+            while b.write_all(b"?").await.is_ok() {
+                tokio::time::sleep(SECOND).await;
+            }
+        });
+        // The server reads what comes while it writes answers, as HTTP/2
+        // does; the answers fill the pipe (64 bytes) at once.
+        let start = Instant::now();
+        let (mut reader, mut writer) = tokio::io::split(a);
+        let reading = async {
+            let mut buf = [0u8; 64];
+            loop {
+                if let Err(e) = reader.read(&mut buf).await {
+                    return e;
+                }
+            }
+        };
+        let writing = async {
+            loop {
+                if let Err(e) = writer.write_all(&[b'!'; 16]).await {
+                    return e;
+                }
+            }
+        };
+        let failed = tokio::select! {
+            e = reading => e,
+            e = writing => e,
+        };
+        assert_eq!(failed.kind(), io::ErrorKind::TimedOut, "{failed}");
+        assert_eq!(failed.to_string(), "the client stopped reading responses");
+        // Cut 8 to 10 s after the writes blocked, although a byte arrived
+        // every second.
+        let after = start.elapsed();
+        assert!(after >= 8 * SECOND && after <= 10 * SECOND, "{after:?}");
+        sender.abort();
     }
 
     #[tokio::test(start_paused = true)]

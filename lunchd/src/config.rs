@@ -114,7 +114,8 @@ pub const LIMITS: &[LimitSpec] = &[
         unit: Unit::Seconds,
         min: 1,
         max: 3600,
-        doc: "A connection without a byte read or written is closed",
+        doc: "A connection without a byte read or written is closed, and so is one whose writes have been \
+              blocked that long (a client that sends but does not read)",
         get: |l| l.idle_timeout.as_secs(),
         set: |l, v| l.idle_timeout = Duration::from_secs(v),
     },

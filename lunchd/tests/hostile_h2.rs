@@ -417,3 +417,36 @@ async fn streams_beyond_max_streams_are_refused() {
     assert!(answered_ok(&frames, 41), "{frames:?}");
     served.assert_healthy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off() {
+    let served = Served::start("idle_timeout = 3", "").await;
+    let mut tls = h2(&served).await;
+    let sending = tokio::spawn(async move {
+        // Ten requests, then PINGs, each to be answered, until the server
+        // gives up on it; never a read. (More requests would pile up over
+        // max_streams, be refused, and end the connection as a flood.)
+        let mut bytes = Vec::new();
+        for i in 0..10u32 {
+            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &get_healthz()));
+        }
+        let mut pings = 0u64;
+        loop {
+            for _ in 0..1000 {
+                bytes.extend(frame(PING, 0, 0, &pings.to_be_bytes()));
+                pings += 1;
+            }
+            if tls.write_all(&bytes).await.is_err() {
+                return pings;
+            }
+            bytes.clear();
+        }
+    });
+    served.assert_healthy().await;
+    let pings = tokio::time::timeout(Duration::from_secs(120), sending)
+        .await
+        .expect("an HTTP/2 client that never reads was not cut off")
+        .unwrap();
+    eprintln!("slow reader: cut off after {pings} PINGs");
+    served.assert_healthy().await;
+}

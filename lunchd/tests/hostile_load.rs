@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Served, client_hello, eventually, fd_count, rss_kib, settled_fd_count};
+use support::{Served, client_hello, eventually, fd_count, rss_kib, settled_fd_count, tls_stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -158,4 +158,34 @@ async fn a_connection_flood_is_bounded_and_recovers() {
         (fd_count(pid) <= fds_before + 4).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_responses_is_cut_off() {
+    let served = Served::start("idle_timeout = 3", "").await;
+    let mut tls = tls_stream(served.https(), served.ca.client_config(&[b"http/1.1"])).await;
+    let batch = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(1000);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = tokio::spawn({
+        let sent = std::sync::Arc::clone(&sent);
+        async move {
+            // Pipelined requests until the server gives up on it; never a read.
+            while tls.write_all(batch.as_bytes()).await.is_ok() {
+                sent.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    // Others are served meanwhile...
+    served.assert_healthy().await;
+    // ...and the client that takes nothing is closed: its writes fail once
+    // lunchd has closed the connection (the bound only keeps a failure
+    // from hanging the suite).
+    tokio::time::timeout(Duration::from_secs(120), sending)
+        .await
+        .expect("a client that never reads was not cut off")
+        .unwrap();
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent >= 1000, "only {sent} requests were sent");
+    eprintln!("slow reader: cut off after {sent} pipelined requests");
+    served.assert_healthy().await;
 }
