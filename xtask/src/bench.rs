@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+mod idle;
 mod load;
 mod procs;
 mod servers;
@@ -44,6 +45,11 @@ pub(crate) struct Args {
     /// --release`.
     #[arg(long, value_name = "PATH")]
     lunchd: Option<PathBuf>,
+    /// Instead of the load tests: hold N idle TLS connections (after one
+    /// request each, HTTP/1.1 then HTTP/2) to lunchd and to nginx, and
+    /// report the resident memory each costs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4000))]
+    idle: Option<u16>,
     /// Where results go [default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -111,7 +117,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Test::ALL.into_iter().filter(|t| args.only.contains(t)).collect()
     };
-    ensure_tools(args.against.is_some())?;
+    ensure_tools(args.against.is_some() || args.idle.is_some())?;
 
     let root = crate::project_root();
     let binary = match args.lunchd {
@@ -134,6 +140,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
     let lunchd = Lunchd::start(&binary, &cert, &scratch, &notify)?;
     report.start_to_ready_ms.push(ms(lunchd.start_to_ready));
+    if let Some(n) = args.idle {
+        return idle_only(&lunchd, &Nginx::start(&cert, &scratch)?, &cert, usize::from(n), &out);
+    }
     let nginx = match args.against {
         Some(Against::Nginx) => Some(Nginx::start(&cert, &scratch)?),
         None => None,
@@ -258,6 +267,78 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         )
         .collect();
     anyhow::ensure!(failed.is_empty(), "requests failed: {}", failed.join("; "));
+    Ok(())
+}
+
+/// `--idle N`: memory per idle connection, lunchd and nginx alternating.
+fn idle_only(lunchd: &Lunchd, nginx: &Nginx, cert: &Certificate, n: usize, out: &Path) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for protocol in idle::Protocol::ALL {
+        for (server, pid, port, path) in [
+            ("lunchd", lunchd.guard.pid(), lunchd.https, servers::LUNCHD_PATH),
+            ("nginx", nginx.guard.pid(), nginx.https, servers::NGINX_PATH),
+        ] {
+            eprintln!("bench: {server}: {n} idle {} connections", protocol.name());
+            let idle = idle::measure(server, pid, port, path, protocol, n, cert)?;
+            eprintln!(
+                "bench:   {} -> {} KiB resident: {:.1} KiB per connection",
+                idle.before_kib,
+                idle.after_kib,
+                idle.kib_per_connection()
+            );
+            results.push(idle);
+        }
+    }
+    let mut md = format!(
+        "## Memory per idle TLS connection\n\n{n} connections, each after one request, held open; resident \
+         memory (VmRSS summed over the server's processes) after minus before, divided by {n}.\n\n\
+         | protocol | server | before KiB | after KiB | KiB per connection |\n|---|---|---:|---:|---:|\n"
+    );
+    for idle in &results {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} |",
+            idle.protocol.name(),
+            idle.server,
+            idle.before_kib,
+            idle.after_kib,
+            idle.kib_per_connection()
+        );
+    }
+    for protocol in idle::Protocol::ALL {
+        let per = |server: &str| {
+            results
+                .iter()
+                .find(|i| i.server == server && i.protocol == protocol)
+                .map(idle::Idle::kib_per_connection)
+        };
+        if let (Some(lunchd), Some(nginx)) = (per("lunchd"), per("nginx")) {
+            let _ = writeln!(
+                md,
+                "\n{}: lunchd / nginx = {:.2} (target at most 0.5)",
+                protocol.name(),
+                lunchd / nginx
+            );
+        }
+    }
+    println!("{md}");
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("idle.md"), &md)?;
+    let json: Vec<_> = results
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "server": i.server,
+                "protocol": i.protocol.name(),
+                "connections": i.connections,
+                "before_kib": i.before_kib,
+                "after_kib": i.after_kib,
+                "kib_per_connection": i.kib_per_connection(),
+            })
+        })
+        .collect();
+    std::fs::write(out.join("idle.json"), serde_json::to_string_pretty(&json)?)?;
+    eprintln!("bench: results in {}", out.join("idle.{md,json}").display());
     Ok(())
 }
 

@@ -86,7 +86,11 @@ impl Lunchd {
     ) -> anyhow::Result<Lunchd> {
         let (http, https) = (free_port()?, free_port()?);
         let config = dir.join("lunchd.toml");
-        std::fs::write(&config, "[log]\nlevel = \"info\"\n")?;
+        // Room for `--idle`'s connections, all from 127.0.0.1.
+        std::fs::write(
+            &config,
+            "[log]\nlevel = \"info\"\n\n[limits]\nmax_connections = 4096\nmax_connections_per_client = 4096\n",
+        )?;
         notify.drain();
         let mut child = Command::new("systemd-socket-activate")
             .arg(format!("--listen=127.0.0.1:{http}"))
