@@ -1,18 +1,22 @@
 //! The running daemon: both servers, signals, reload and readiness.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
+use axum::http::header::ALT_SVC;
 use lunch_core::Picker;
+use lunch_net::quic::QuicServer;
 use lunch_net::redirect::{AllowedHosts, RedirectPolicy, SharedPolicy};
 use lunch_net::tls::{CertificateFiles, CertificateStore, LoadedCertificate};
 use lunch_net::{Probe, Server, Workers};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tower::util::MapResponse;
 
 use crate::app::{self, Lunch, SharedLunch};
 use crate::config::{self, Config};
@@ -33,6 +37,8 @@ pub struct Setup {
     pub http: Option<TcpListener>,
     /// The listener of the TLS server.
     pub https: TcpListener,
+    /// The UDP socket of the HTTP/3 server, if systemd passed one.
+    pub quic: Option<UdpSocket>,
     /// Whether the listeners came from socket activation.
     pub activated: bool,
     /// The certificate to start with.
@@ -114,6 +120,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         reload_dir,
         http,
         https,
+        quic,
         activated,
         certificate,
         workers,
@@ -134,10 +141,26 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     };
 
     let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
+    let quic_local = quic
+        .as_ref()
+        .map(UdpSocket::local_addr)
+        .transpose()
+        .context("reading the quic socket's address")?;
+    // Browsers learn of HTTP/3 from the responses over TCP.
+    let alt_svc = quic_local.map(|addr| {
+        HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))
+            .unwrap_or_else(|_| unreachable!("digits are a valid header value"))
+    });
+    let tcp_app = MapResponse::new(app.clone(), move |mut response: axum::response::Response| {
+        if let Some(alt_svc) = &alt_svc {
+            response.headers_mut().insert(ALT_SVC, alt_svc.clone());
+        }
+        response
+    });
     let tls_server = Server::tls(
         https,
         lunch_net::tls::server_config(Arc::clone(&store)),
-        lunch_net::tower_handler(app),
+        lunch_net::tower_handler(tcp_app),
         config.limits.clone(),
     )
     .context("starting the https server")?
@@ -150,6 +173,24 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tls_server.run(stopped(stop_rx.clone())));
+    // HTTP/3 runs on this thread's runtime, beside the accept loops: see
+    // ARCHITECTURE.md (one socket, one endpoint task).
+    match (quic, quic_local) {
+        (Some(socket), Some(local)) => {
+            let server = QuicServer::new(
+                socket,
+                lunch_net::quic::server_config(Arc::clone(&store) as _),
+                lunch_net::tower_handler(app),
+                config.limits.clone(),
+            )
+            .context("starting the http/3 server")?;
+            probes.push(server.probe());
+            listeners.push_str(&format!(", http/3 on {local}"));
+            tracing::info!("serving http/3 on udp {local} ({how})");
+            tasks.spawn(server.run(stopped(stop_rx.clone())));
+        }
+        _ => tracing::debug!("no http/3: no socket named `quic` was passed"),
+    }
     match http.filter(|_| config.redirect) {
         Some(listener) => {
             let local = listener.local_addr().context("reading the http socket's address")?;

@@ -102,7 +102,12 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     tracing::info!("certificate {}", certificate.info());
 
-    let (http, https, activated) = take_listeners(&config)?;
+    let Taken {
+        http,
+        https,
+        quic,
+        activated,
+    } = take_listeners(&config)?;
 
     // Connections are served thread-per-core (see `lunch_net::Workers`);
     // this thread runs the accept loops, signals, reloads and readiness.
@@ -119,6 +124,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         reload_dir: cli.reload_credentials,
         http,
         https,
+        quic,
         activated,
         certificate,
         workers: workers.clone(),
@@ -128,9 +134,19 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
+/// The sockets to serve on.
+struct Taken {
+    http: Option<std::net::TcpListener>,
+    https: std::net::TcpListener,
+    /// The UDP socket for HTTP/3: only ever passed by systemd (a
+    /// `FileDescriptorName=quic` socket); without it there is no HTTP/3.
+    quic: Option<std::net::UdpSocket>,
+    activated: bool,
+}
+
 /// Adopts the sockets systemd passed, by name, or binds the configured
 /// fallback addresses when there are none.
-fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListener>, std::net::TcpListener, bool)> {
+fn take_listeners(config: &Config) -> anyhow::Result<Taken> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     let names = std::env::var("LISTEN_FDNAMES").ok();
@@ -163,7 +179,13 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             } else {
                 None
             };
-            Ok((http, https, true))
+            let quic = listeners.take_datagram(Role::Quic);
+            Ok(Taken {
+                http,
+                https,
+                quic,
+                activated: true,
+            })
         }
         None => {
             let https = sockets::bind(config.https_listen)?;
@@ -172,7 +194,12 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             } else {
                 None
             };
-            Ok((http, https, false))
+            Ok(Taken {
+                http,
+                https,
+                quic: None,
+                activated: false,
+            })
         }
     }
 }

@@ -1,0 +1,357 @@
+//! HTTP/3: lunchd under socket activation with a UDP socket named `quic`
+//! beside `https` and `http`, and a real QUIC + HTTP/3 client (quinn, h3)
+//! that verifies the certificate against the test CA.
+//!
+//! `systemd-socket-activate` listens on one kind of socket per run, so two
+//! are chained: the outer one binds the UDP socket and passes it on, the
+//! inner one adds the TCP sockets and names all three
+//! (`--fdname=quic:https:http`), as systemd does for a service with three
+//! socket units.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Buf, Bytes};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::CertificateDer;
+use support::{LUNCHD, Leaf, TestCa, TlsConnection, free_port, require_tool, serial_of, served_config, write_leaf};
+
+/// lunchd serving HTTP/3, HTTPS and the redirect, from a configuration
+/// file with a test CA's certificate for `localhost` (serial 1).
+struct H3Lunchd {
+    child: Child,
+    quic: u16,
+    https: u16,
+    log: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    leaf: Leaf,
+}
+
+impl H3Lunchd {
+    fn start(limits: &str) -> H3Lunchd {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let leaf = ca.issue(&["lunch.test", "localhost"], 1);
+        let (key, chain) = write_leaf(dir.path(), &leaf);
+        let config = dir.path().join("lunchd.toml");
+        std::fs::write(&config, served_config(&key, &chain, limits, "")).unwrap();
+        let activate = require_tool("systemd-socket-activate", "systemd");
+        let (quic, https, http) = (free_udp_port(), free_port(), free_port());
+        let mut child = Command::new(&activate)
+            .arg("--datagram")
+            .arg(format!("--listen=127.0.0.1:{quic}"))
+            .arg("--fdname=quic")
+            .arg(&activate)
+            .arg(format!("--listen=127.0.0.1:{https}"))
+            .arg(format!("--listen=127.0.0.1:{http}"))
+            .arg("--fdname=quic:https:http")
+            .arg("--setenv=RUST_LOG=debug,h2=info,rustls=info,hyper=info,quinn=info,quinn_proto=info,h3=info")
+            .arg(LUNCHD)
+            .arg(format!("--config={}", config.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running systemd-socket-activate: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let sink = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let lunchd = H3Lunchd {
+            child,
+            quic,
+            https,
+            log,
+            dir,
+            ca,
+            leaf,
+        };
+        lunchd.wait_log(&format!("Listening on 127.0.0.1:{quic}"));
+        // The first datagram starts the chain, and lunchd reads it as the
+        // first packet on its socket: garbage, which it must drop.
+        let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
+        garbage.send_to(b"not a quic packet", ("127.0.0.1", quic)).unwrap();
+        lunchd.wait_log(&format!("serving http/3 on udp 127.0.0.1:{quic}"));
+        lunchd
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never contained {needle:?}:\n{}", self.log());
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; the chain has exec'd into lunchd.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "lunchd panicked:\n{log}");
+    }
+
+    async fn connect(&self) -> H3Connection {
+        H3Connection::connect(self.quic, &self.ca).await
+    }
+}
+
+impl Drop for H3Lunchd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One QUIC connection with HTTP/3 on it.
+struct H3Connection {
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
+    serial: String,
+    port: u16,
+}
+
+struct H3Response {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl H3Connection {
+    async fn connect(port: u16, ca: &TestCa) -> H3Connection {
+        H3Connection::try_connect(port, ca).await.expect("a QUIC connection")
+    }
+
+    async fn try_connect(port: u16, ca: &TestCa) -> Result<H3Connection, String> {
+        let tls = QuicClientConfig::try_from(ca.client_config(&[b"h3"])).unwrap();
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
+        let connecting = endpoint
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)), "localhost")
+            .unwrap();
+        let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "the QUIC handshake timed out".to_owned())?
+            .map_err(|e| format!("the QUIC handshake failed: {e}"))?;
+        let certs = connection
+            .peer_identity()
+            .unwrap()
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .unwrap();
+        let serial = serial_of(&certs[0]);
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .map_err(|e| format!("HTTP/3 setup failed: {e}"))?;
+        let driver = tokio::spawn(async move { driver.wait_idle().await });
+        Ok(H3Connection {
+            _endpoint: endpoint,
+            connection,
+            send,
+            driver,
+            serial,
+            port,
+        })
+    }
+
+    async fn get(&mut self, path: &str) -> H3Response {
+        self.request(path, &[]).await.expect("an HTTP/3 response")
+    }
+
+    async fn request(&mut self, path: &str, headers: &[(&str, String)]) -> Result<H3Response, String> {
+        let mut request = hyper::Request::get(format!("https://localhost:{}{path}", self.port));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let exchange = async {
+            let mut stream = self
+                .send
+                .send_request(request.body(()).unwrap())
+                .await
+                .map_err(|e| format!("sending the request: {e}"))?;
+            stream
+                .finish()
+                .await
+                .map_err(|e| format!("finishing the request: {e}"))?;
+            let response = stream
+                .recv_response()
+                .await
+                .map_err(|e| format!("receiving the response: {e}"))?;
+            let mut body = Vec::new();
+            while let Some(mut chunk) = stream
+                .recv_data()
+                .await
+                .map_err(|e| format!("receiving the body: {e}"))?
+            {
+                while chunk.has_remaining() {
+                    let part = chunk.chunk();
+                    body.extend_from_slice(part);
+                    let n = part.len();
+                    chunk.advance(n);
+                }
+            }
+            Ok(H3Response {
+                status: response.status().as_u16(),
+                headers: response.headers().clone(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "no response within 10 s".to_owned())?
+    }
+}
+
+#[tokio::test]
+async fn the_lunch_is_served_over_http3_with_a_verified_certificate_and_advertised_over_tcp() {
+    let lunchd = H3Lunchd::start("");
+    let mut h3 = lunchd.connect().await;
+    assert_eq!(h3.serial, lunchd.leaf.serial);
+
+    let response = h3.get("/api/lunch").await;
+    assert_eq!(response.status, 200, "{}", lunchd.log());
+    assert_eq!(response.headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert!(json["lunch"].is_string(), "{json}");
+    // The same headers as over TCP.
+    assert!(response.headers.contains_key("content-security-policy"));
+    assert!(response.headers.contains_key("strict-transport-security"));
+    assert!(!response.headers.contains_key("connection"));
+
+    // The same JSON errors, on the same connection.
+    let response = h3.get("/api/lunch?tag=nothing-has-this-tag").await;
+    assert_eq!(response.status, 404, "{}", response.body);
+    let json: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("nothing-has-this-tag"),
+        "{json}"
+    );
+    let response = h3.get("/healthz").await;
+    assert_eq!((response.status, response.body.as_str()), (200, "ok\n"));
+
+    // HTTPS over TCP tells browsers where HTTP/3 is.
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut tcp = TlsConnection::connect(lunchd.https, "localhost", lunchd.ca.client_config(&[alpn])).await;
+        let response = tcp.get("localhost", "/api/lunch").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.headers["alt-svc"],
+            format!("h3=\":{}\"; ma=86400", lunchd.quic),
+            "{alpn:?}"
+        );
+    }
+    lunchd.assert_no_panic();
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_certificate_on_quic_and_keeps_open_connections() {
+    let lunchd = H3Lunchd::start("");
+    let mut before = lunchd.connect().await;
+    assert_eq!(before.get("/healthz").await.status, 200);
+    assert_eq!(before.serial, lunchd.leaf.serial);
+
+    let renewed = lunchd.ca.issue(&["lunch.test", "localhost"], 2);
+    write_leaf(lunchd.dir.path(), &renewed);
+    lunchd.signal(libc::SIGHUP);
+    lunchd.wait_log(&format!("(serial {}, ", renewed.serial));
+
+    let mut after = lunchd.connect().await;
+    assert_eq!(after.serial, renewed.serial);
+    assert_eq!(after.get("/healthz").await.status, 200);
+    // The connection from before the reload still serves.
+    assert_eq!(before.get("/api/lunch").await.status, 200, "{}", lunchd.log());
+    lunchd.assert_no_panic();
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_headers_leave_other_clients_served() {
+    let lunchd = H3Lunchd::start("max_header_bytes = 16384");
+    // Datagrams that are not QUIC, and some that look like a long-header
+    // Initial of an unknown version or with a truncated header.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut packets: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0xff; 1500], b"GET / HTTP/1.1\r\n\r\n".to_vec()];
+    let mut initial = vec![0xc0, 0x00, 0x00, 0x00, 0x01, 0x08];
+    initial.extend_from_slice(&[7; 8]);
+    initial.resize(1200, 0x42);
+    packets.push(initial.clone());
+    initial[1..5].copy_from_slice(&[0x1a, 0x2a, 0x3a, 0x4a]);
+    packets.push(initial);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..200 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 1400) as usize + 1;
+        packets.push((0..len).map(|i| (state >> (i % 56)) as u8).collect());
+    }
+    for packet in &packets {
+        socket.send_to(packet, ("127.0.0.1", lunchd.quic)).unwrap();
+    }
+
+    // A 1 MB header section: refused, by 431 or by the client itself once
+    // it knows the server's limit, and the connection or others go on.
+    let mut h3 = lunchd.connect().await;
+    match h3.request("/api/lunch", &[("x-big", "a".repeat(1024 * 1024))]).await {
+        Ok(response) => assert_eq!(response.status, 431, "{}", response.body),
+        Err(e) => assert!(e.contains("header") || e.contains("Header"), "{e}"),
+    }
+    let mut other = lunchd.connect().await;
+    assert_eq!(other.get("/healthz").await.status, 200, "{}", lunchd.log());
+    // Just over the limit: the server's 431, if the client sends it.
+    match h3.request("/api/lunch", &[("x-big", "a".repeat(20_000))]).await {
+        Ok(response) => assert_eq!(response.status, 431, "{}", response.body),
+        Err(e) => assert!(e.contains("header") || e.contains("Header"), "{e}"),
+    }
+    assert_eq!(h3.get("/healthz").await.status, 200, "{}", lunchd.log());
+    lunchd.assert_no_panic();
+}
+
+#[tokio::test]
+async fn sigterm_sends_goaway_and_exits_cleanly() {
+    let mut lunchd = H3Lunchd::start("drain_timeout = 5");
+    let mut h3 = lunchd.connect().await;
+    assert_eq!(h3.get("/healthz").await.status, 200);
+    lunchd.signal(libc::SIGTERM);
+    // The client sees the connection end cleanly: GOAWAY, then the close.
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut h3.driver)
+        .await
+        .expect("the connection ended")
+        .unwrap();
+    assert!(ended.is_h3_no_error(), "{ended}\n{}", lunchd.log());
+    let status = lunchd.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", lunchd.log());
+    assert!(h3.connection.close_reason().is_some());
+    lunchd.assert_no_panic();
+}
