@@ -279,14 +279,15 @@ async fn serve_connection<S: Handler<QuicBody>>(
     let peer = incoming.remote_address();
     let handshake = async {
         let connection = incoming.accept()?.await?;
-        h3::server::builder()
+        let h3 = h3::server::builder()
             .max_field_section_size(limits.max_header_bytes as u64)
-            .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+            .build::<_, Bytes>(h3_quinn::Connection::new(connection.clone()))
             .await
-            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok::<_, io::Error>((connection, h3))
     };
-    let mut h3 = match timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(h3)) => h3,
+    let (connection, mut h3) = match timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(established)) => established,
         Ok(Err(e)) => {
             stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(server = "quic", %peer, "handshake failed: {e}");
@@ -337,8 +338,15 @@ async fn serve_connection<S: Handler<QuicBody>>(
                 }
             },
         }
+        // After the GOAWAY no request is accepted: once those in flight
+        // are answered the connection is done, however long the client
+        // would keep it open.
+        if draining && requests.is_empty() {
+            break;
+        }
     }
     while requests.join_next().await.is_some() {}
+    connection.close(VarInt::from_u32(H3_NO_ERROR), b"");
 }
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;

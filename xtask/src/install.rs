@@ -35,6 +35,8 @@ const CONFIG: &str = "etc/lunchd/lunchd.toml";
 const CERTBOT_HOOK: &str = "etc/letsencrypt/renewal-hooks/deploy/lunchd";
 const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 const SERVICE: &str = "lunchd.service";
+/// The optional UDP socket for HTTP/3 (`--quic`).
+const QUIC_SOCKET: &str = "lunchd-quic.socket";
 
 /// Used when the workspace has no `deploy/lunchd.toml`: lunchd's built-in
 /// defaults apply.
@@ -70,6 +72,10 @@ pub(crate) struct InstallArgs {
     /// Skip `systemd-analyze verify` of the written units.
     #[arg(long)]
     no_verify: bool,
+    /// Also serve HTTP/3: install lunchd-quic.socket (UDP 443) and add it
+    /// to the service's Sockets=.
+    #[arg(long)]
+    quic: bool,
 }
 
 /// Arguments of uninstall-units.
@@ -114,7 +120,10 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     if !args.no_build && !args.dry_run {
         build_release(&root)?;
     }
-    let files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    let mut files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    if args.quic {
+        add_quic(&root, &mut files)?;
+    }
     let to_root = args.destdir == Path::new("/");
 
     println!(
@@ -152,12 +161,20 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
 pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let prefix = absolute_prefix(&args.prefix)?;
     let to_root = args.destdir == Path::new("/");
+    let quic = under(&args.destdir, &unit_path(QUIC_SOCKET))
+        .exists()
+        .then_some(QUIC_SOCKET);
     if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
-        disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
+        disable.args(["disable", "--now"]).args(SOCKETS).args(quic).arg(SERVICE);
         disable.run_checked()?;
     }
-    let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
+    let mut paths: Vec<PathBuf> = SOCKETS
+        .iter()
+        .chain(quic.as_ref())
+        .chain([&SERVICE])
+        .map(|u| unit_path(u))
+        .collect();
     paths.push(prefix.join("bin/lunchd"));
     paths.push(prefix.join("libexec/lunchd-copy-credentials"));
     paths.push(Path::new("/").join(CERTBOT_HOOK));
@@ -236,6 +253,37 @@ fn plan(root: &Path, binary: &Path, domain: &str, prefix: &Path, version: u32) -
         mode: 0o755,
     });
     Ok(files)
+}
+
+/// Adds the HTTP/3 socket to `files`: its unit as it is, and in the
+/// service's `Sockets=` and `After=` (`Wants=`, not `Requires=`: a UDP port
+/// that cannot be bound leaves HTTPS over TCP serving).
+fn add_quic(root: &Path, files: &mut Vec<File>) -> anyhow::Result<()> {
+    let path = root.join("deploy").join(QUIC_SOCKET);
+    let unit = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let sockets = SOCKETS.join(" ");
+    let service = files
+        .iter_mut()
+        .find(|f| f.path == unit_path(SERVICE))
+        .context("install-units plans no lunchd.service")?;
+    if let Contents::Text(text) = &mut service.contents {
+        let edited = replace_once(
+            text,
+            &format!("\nSockets={sockets}\n"),
+            &format!("\nSockets={sockets} {QUIC_SOCKET}\n"),
+        )?;
+        *text = replace_once(
+            &edited,
+            &format!("\nAfter={sockets}\n"),
+            &format!("\nAfter={sockets} {QUIC_SOCKET}\nWants={QUIC_SOCKET}\n"),
+        )?;
+    }
+    files.push(File {
+        path: unit_path(QUIC_SOCKET),
+        contents: Contents::Text(unit),
+        mode: 0o644,
+    });
+    Ok(())
 }
 
 /// `deploy/lunchd.service` filled in for `domain` and `prefix` and adapted
@@ -461,6 +509,9 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
         args.push(format!("--root={}", root.display()));
     }
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
+    if files.iter().any(|f| f.path == unit_path(QUIC_SOCKET)) {
+        args.push(QUIC_SOCKET.to_owned());
+    }
     let output = systemd_analyze(&args)?;
     let analyzer = systemd_analyze(&["--version"])
         .ok()
