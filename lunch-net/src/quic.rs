@@ -21,8 +21,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -353,7 +353,11 @@ type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 async fn serve_request<S: Handler<QuicBody>>(request: Request<()>, stream: Stream, handler: S, peer: SocketAddr) {
     let (mut send, recv) = stream.split();
-    let request = request.map(|()| QuicBody(recv));
+    let returned = Arc::new(Mutex::new(None));
+    let request = request.map(|()| QuicBody {
+        stream: Some(recv),
+        returned: Arc::clone(&returned),
+    });
     let Ok(response) = handler.handle(request).await;
     let (mut parts, body) = response.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2).
@@ -396,11 +400,48 @@ async fn serve_request<S: Handler<QuicBody>>(request: Request<()>, stream: Strea
     if let Err(e) = send.finish().await {
         tracing::debug!(server = "quic", %peer, "finishing the response failed: {e}");
     }
+    let unread = returned.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(recv) = unread {
+        finish_reading(recv).await;
+    }
 }
+
+/// Reads what is left of a request the handler did not read, up to a
+/// bound, so that the stream ends cleanly: a request stream dropped before
+/// its end makes quinn send STOP_SENDING with code 0, which clients such
+/// as curl report as an error even after a complete response. For a GET
+/// the end came with the headers and this returns at once.
+async fn finish_reading(mut recv: RequestBody) {
+    let drained = timeout(Duration::from_secs(1), async {
+        let mut left = 64 * 1024_usize;
+        while let Ok(Some(data)) = recv.recv_data().await {
+            left = left.checked_sub(data.remaining())?;
+        }
+        Some(())
+    })
+    .await;
+    if !matches!(drained, Ok(Some(()))) {
+        recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+    }
+}
+
+type RequestBody = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// The body of an HTTP/3 request, read from its stream as the handler
 /// asks for it.
-pub struct QuicBody(h3::server::RequestStream<h3_quinn::RecvStream, Bytes>);
+pub struct QuicBody {
+    /// `None` only while dropping.
+    stream: Option<RequestBody>,
+    /// Where the stream goes when the body is dropped, for the server to
+    /// end it cleanly.
+    returned: Arc<Mutex<Option<RequestBody>>>,
+}
+
+impl Drop for QuicBody {
+    fn drop(&mut self) {
+        *self.returned.lock().unwrap_or_else(PoisonError::into_inner) = self.stream.take();
+    }
+}
 
 impl std::fmt::Debug for QuicBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -413,7 +454,9 @@ impl Body for QuicBody {
     type Error = h3::error::StreamError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let stream = &mut self.get_mut().0;
+        let Some(stream) = self.get_mut().stream.as_mut() else {
+            return Poll::Ready(None);
+        };
         match stream.poll_recv_data(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
