@@ -300,6 +300,7 @@ async fn serve_connection<S: Handler<QuicBody>>(
             return;
         }
     };
+    tracing::debug!(server = "quic", %peer, "http/3 connection established");
     let mut requests = JoinSet::new();
     let mut draining = *stopping.borrow_and_update();
     if draining {

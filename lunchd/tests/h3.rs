@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use hyper::body::{Buf, Bytes};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
-use support::{LUNCHD, Leaf, TestCa, TlsConnection, free_port, require_tool, serial_of, served_config, write_leaf};
+use support::{
+    LUNCHD, Leaf, TestCa, TlsConnection, free_port, locate_tool, require_tool, serial_of, served_config, write_leaf,
+};
 
 /// lunchd serving HTTP/3, HTTPS and the redirect, from a configuration
 /// file with a test CA's certificate for `localhost` (serial 1).
@@ -354,4 +356,68 @@ async fn sigterm_sends_goaway_and_exits_cleanly() {
     assert_eq!(status.code(), Some(0), "{}", lunchd.log());
     assert!(h3.connection.close_reason().is_some());
     lunchd.assert_no_panic();
+}
+
+/// Headless Chromium loads the lunch over HTTP/3: forced onto QUIC for an
+/// origin whose port has no TCP socket at all, so only HTTP/3 can answer,
+/// and lunchd logs the QUIC connection. Chromium accepts the test CA's
+/// certificate by its key (`--ignore-certificate-errors-spki-list`).
+#[test]
+fn chromium_loads_the_lunch_over_http3() {
+    let chromium = match std::env::var_os("LUNCHD_CHROMIUM") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => match locate_tool("chromium", "chromium") {
+            Ok(path) => path,
+            Err(missing) if std::env::var_os("LUNCHD_SKIP_BROWSER").is_some_and(|v| v == "1") => {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("SKIPPED: chromium over HTTP/3 ({missing}) because LUNCHD_SKIP_BROWSER=1\n").as_bytes(),
+                );
+                return;
+            }
+            Err(missing) => panic!("{missing}, or set LUNCHD_SKIP_BROWSER=1 to skip this test"),
+        },
+    };
+    let lunchd = H3Lunchd::start("");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", lunchd.quic)).is_err());
+    let profile = lunchd.dir.path().join("chromium");
+    let origin = format!("localhost:{}", lunchd.quic);
+    let output = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-extensions",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--host-resolver-rules=MAP localhost 127.0.0.1, MAP * ~NOTFOUND")
+        .arg("--enable-quic")
+        .arg(format!("--origin-to-force-quic-on={origin}"))
+        .arg(format!(
+            "--ignore-certificate-errors-spki-list={}",
+            spki_hash(&lunchd.leaf.der)
+        ))
+        .arg("--dump-dom")
+        .arg(format!("https://{origin}/api/lunch"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("{\"lunch\":"),
+        "chromium did not get the lunch over HTTP/3:\n{dom}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        lunchd.log()
+    );
+    lunchd.wait_log("http/3 connection established");
+    lunchd.assert_no_panic();
+}
+
+/// base64(SHA-256(SubjectPublicKeyInfo)) of a DER certificate.
+fn spki_hash(der: &[u8]) -> String {
+    use base64::Engine;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.tbs_certificate.subject_pki.raw);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
