@@ -421,3 +421,77 @@ fn spki_hash(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.tbs_certificate.subject_pki.raw);
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
+
+/// Real QUIC Initials, each from its own client (its own connection IDs),
+/// captured on a socket that never answers.
+async fn captured_initials(ca: &TestCa, count: usize) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = sink.local_addr().unwrap();
+    let tls = Arc::new(QuicClientConfig::try_from(ca.client_config(&[b"h3"])).unwrap());
+    let mut initials = Vec::new();
+    let mut buf = vec![0; 2048];
+    for _ in 0..count {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::clone(&tls) as _));
+        let connecting = endpoint.connect(target, "localhost").unwrap();
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), sink.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        initials.push(buf[..len].to_vec());
+        drop(connecting);
+        endpoint.close(0u32.into(), b"");
+    }
+    initials
+}
+
+#[tokio::test]
+async fn an_initial_flood_from_many_ports_leaves_real_clients_served() {
+    let lunchd = H3Lunchd::start("max_connections = 20\nhandshake_timeout = 2");
+    let initials = captured_initials(&lunchd.ca, 200).await;
+    // Each from its own source port, and never followed up: half-open
+    // handshakes, or Retries that nobody answers.
+    let mut senders = Vec::new();
+    for initial in &initials {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.send_to(initial, ("127.0.0.1", lunchd.quic)).unwrap();
+        senders.push(socket);
+    }
+    // A real client is served during the flood: it passes the Retry that
+    // the load asks for, and finds a free connection slot.
+    let mut client = lunchd.connect().await;
+    assert_eq!(client.get("/healthz").await.status, 200, "{}", lunchd.log());
+    // The half-open handshakes end at the handshake timeout.
+    lunchd.wait_log("handshake timed out");
+    let mut later = lunchd.connect().await;
+    assert_eq!(later.get("/api/lunch").await.status, 200);
+    lunchd.assert_no_panic();
+}
+
+#[tokio::test]
+async fn request_streams_without_complete_headers_are_closed_at_the_header_timeout() {
+    let lunchd = H3Lunchd::start("header_timeout = 1");
+    let mut h3 = lunchd.connect().await;
+    // Streams that start a HEADERS frame of 1000 bytes and send 3.
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let (mut send, recv) = h3.connection.open_bi().await.unwrap();
+        send.write_all(&[0x01, 0x43, 0xe8, 0x00, 0x00, 0x80]).await.unwrap();
+        stalled.push((send, recv));
+    }
+    // Others are served meanwhile, on the same connection too.
+    assert_eq!(h3.get("/healthz").await.status, 200);
+    let mut other = lunchd.connect().await;
+    assert_eq!(other.get("/healthz").await.status, 200);
+    // Each stalled stream is given up by the server.
+    for (_, mut recv) in stalled {
+        let read = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1024)).await;
+        assert!(
+            matches!(read, Ok(Err(_)) | Ok(Ok(_))),
+            "a stalled stream stayed open: {read:?}"
+        );
+    }
+    lunchd.wait_log("request headers timed out");
+    assert_eq!(h3.get("/api/lunch").await.status, 200);
+    lunchd.assert_no_panic();
+}
