@@ -20,7 +20,8 @@ use hyper::body::{Buf, Bytes};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 use support::{
-    LUNCHD, Leaf, TestCa, TlsConnection, free_port, locate_tool, require_tool, serial_of, served_config, write_leaf,
+    LUNCHD, Leaf, NotifySocket, TestCa, TlsConnection, free_port, locate_tool, require_tool, serial_of, served_config,
+    write_leaf,
 };
 
 /// lunchd serving HTTP/3, HTTPS and the redirect, from a configuration
@@ -37,7 +38,11 @@ struct H3Lunchd {
 
 impl H3Lunchd {
     fn start(limits: &str) -> H3Lunchd {
-        let dir = tempfile::tempdir().unwrap();
+        H3Lunchd::start_with(limits, tempfile::tempdir().unwrap(), None)
+    }
+
+    /// In `dir`, telling systemd's notifications to `notify`.
+    fn start_with(limits: &str, dir: tempfile::TempDir, notify: Option<&NotifySocket>) -> H3Lunchd {
         let ca = TestCa::new();
         let leaf = ca.issue(&["lunch.test", "localhost"], 1);
         let (key, chain) = write_leaf(dir.path(), &leaf);
@@ -45,6 +50,7 @@ impl H3Lunchd {
         std::fs::write(&config, served_config(&key, &chain, limits, "")).unwrap();
         let activate = require_tool("systemd-socket-activate", "systemd");
         let (quic, https, http) = (free_udp_port(), free_port(), free_port());
+        let notify_env = notify.map(|n| format!("--setenv=NOTIFY_SOCKET={}", n.path.display()));
         let mut child = Command::new(&activate)
             .arg("--datagram")
             .arg(format!("--listen=127.0.0.1:{quic}"))
@@ -53,6 +59,7 @@ impl H3Lunchd {
             .arg(format!("--listen=127.0.0.1:{https}"))
             .arg(format!("--listen=127.0.0.1:{http}"))
             .arg("--fdname=quic:https:http")
+            .args(&notify_env)
             .arg("--setenv=RUST_LOG=debug,h2=info,rustls=info,hyper=info,quinn=info,quinn_proto=info,h3=info")
             .arg(LUNCHD)
             .arg(format!("--config={}", config.display()))
@@ -274,6 +281,21 @@ async fn the_lunch_is_served_over_http3_with_a_verified_certificate_and_advertis
             "{alpn:?}"
         );
     }
+    lunchd.assert_no_panic();
+}
+
+#[tokio::test]
+async fn readiness_and_status_include_http3() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::new(dir.path());
+    let lunchd = H3Lunchd::start_with("", dir, Some(&notify));
+    let messages = notify.wait_for("READY=1", Duration::from_secs(10));
+    let ready = messages.last().unwrap();
+    assert!(
+        ready.contains(&format!("http/3 on 127.0.0.1:{}", lunchd.quic)),
+        "{ready}\n{}",
+        lunchd.log()
+    );
     lunchd.assert_no_panic();
 }
 
