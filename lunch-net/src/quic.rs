@@ -152,7 +152,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
     }
 
     /// Asks clients whose address is not validated yet for a Retry round
-    /// trip once more than `open` connections are open (by default half
+    /// trip while at least `open` connections are open (by default half
     /// of `max_connections`; 0 asks every client). A Retry proves the
     /// client receives at its address before the server keeps any state
     /// for it or sends more than the Retry itself.
