@@ -15,8 +15,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::app::{self, Lunch, SharedLunch};
+use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
 use crate::notify;
+use crate::status::{Reload, Status};
 
 /// Everything `run` needs, prepared before the runtime starts.
 pub struct Setup {
@@ -102,7 +104,8 @@ struct Daemon {
     lunch: SharedLunch,
     policy: SharedPolicy,
     https_port: u16,
-    listeners: String,
+    status: Arc<Status>,
+    watch: Arc<Watch>,
 }
 
 /// Serves until SIGTERM or SIGINT; reloads on SIGHUP.
@@ -178,13 +181,15 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         lunch,
         policy,
         https_port,
-        listeners,
+        status: Arc::new(Status::new(listeners, certwatch::unix_now())),
+        watch: Arc::new(Watch::default()),
     };
     // Ready means serving: every worker and accept loop has answered once. A server
     // that failed instead is reported by the loop below.
     if all_answer(&probes).await {
-        notify::ready(&daemon.status(None));
+        notify::ready(&daemon.status());
     }
+    let certificate_watch = tokio::spawn(daemon.watch_certificate());
     let watchdog = notify::watchdog_interval().map(|interval| {
         tracing::info!("watchdog enabled: pinging every {:?}", interval / 2);
         tokio::spawn(watchdog(interval, probes))
@@ -208,6 +213,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    certificate_watch.abort();
     notify::stopping(config.limits.drain_timeout);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -216,18 +222,23 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    fn status(&self, problem: Option<&str>) -> String {
+    /// The STATUS= line, after a look at the certificate that says what
+    /// needs attention (at start and after every reload).
+    fn status(&self) -> String {
         let info = self.store.info();
-        let mut status = format!(
-            "{}; certificate {} expires {}",
-            self.listeners,
-            info.subject,
-            lunch_net::tls::format_utc(info.not_after)
-        );
-        if let Some(problem) = problem {
-            status = format!("reload failed, still serving the previous configuration: {problem}; {status}");
-        }
-        status
+        let check = self.watch.observe(&info, certwatch::unix_now(), Occasion::Load);
+        self.status.line(&info, &check)
+    }
+
+    /// The hourly look at the certificate, which keeps STATUS= current.
+    fn watch_certificate(&self) -> impl Future<Output = ()> + use<> {
+        let status = Arc::clone(&self.status);
+        certwatch::run(
+            Arc::clone(&self.watch),
+            Arc::clone(&self.store),
+            certwatch::unix_now,
+            move |info, check| notify::status(&status.line(info, check)),
+        )
     }
 
     /// Re-reads the configuration and the certificate; swaps both only when
@@ -264,12 +275,19 @@ impl Daemon {
                 tracing::info!(
                     "reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart"
                 );
-                notify::ready(&self.status(None));
+                self.status.reloaded(Reload::Ok {
+                    at: certwatch::unix_now(),
+                });
+                notify::ready(&self.status());
             }
             Err(e) => {
                 let problem = format!("{e:#}");
                 tracing::error!("reload failed, still serving the previous configuration and certificate: {problem}");
-                notify::ready(&self.status(Some(&problem)));
+                self.status.reloaded(Reload::Failed {
+                    at: certwatch::unix_now(),
+                    problem,
+                });
+                notify::ready(&self.status());
             }
         }
     }

@@ -6,11 +6,14 @@
 //! over to [`daemon::run`].
 
 mod app;
+mod certwatch;
 mod cli;
 mod config;
 mod daemon;
 mod dev_cert;
+mod logging;
 mod notify;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,8 +32,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Printed without the log prefix so that a user sees it plainly,
-            // and journald records it as the unit's last words.
-            eprintln!("lunchd: error: {e:#}");
+            // and journald records it as the unit's last words, an error.
+            logging::fatal(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -78,7 +81,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
         None => Config::default(),
     };
-    init_logging(&config.log_level);
+    logging::init(&config.log_level);
     match &config_path {
         Some(path) => tracing::info!("configuration from {}", path.display()),
         None => tracing::info!("no configuration file; using built-in defaults"),
@@ -168,30 +171,5 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             };
             Ok((http, https, false))
         }
-    }
-}
-
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // rustls warns once per handshake about client mistakes it handles
-    // anyway (an IP address as SNI, as wrk and some scanners send): not the
-    // operator's concern, and a way to flood the journal.
-    let directives = if level.contains("rustls") {
-        level.to_owned()
-    } else {
-        format!("{level},rustls=error")
-    };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&directives))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // journald stamps every line itself and shows no colours.
-        builder.without_time().with_ansi(false).init();
-    } else {
-        builder.init();
     }
 }
