@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::app::{self, Lunch, SharedLunch};
 use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
+use crate::metrics::{self, Counted, Metrics};
 use crate::notify;
 use crate::status::{Reload, Status};
 
@@ -35,6 +36,8 @@ pub struct Setup {
     pub http: Option<TcpListener>,
     /// The listener of the TLS server.
     pub https: TcpListener,
+    /// The listener of the metrics server, if any.
+    pub metrics: Option<TcpListener>,
     /// Whether the listeners came from socket activation.
     pub activated: bool,
     /// The certificate to start with.
@@ -117,6 +120,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         reload_dir,
         http,
         https,
+        metrics: metrics_listener,
         activated,
         certificate,
         workers,
@@ -136,11 +140,23 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let status = Arc::new(Status::new(String::new(), certwatch::unix_now()));
+    let metrics = metrics_listener.as_ref().map(|_| {
+        let servers = ["https", "http"];
+        Arc::new(Metrics::new(
+            &servers,
+            Arc::clone(&store),
+            Arc::clone(&status),
+            status.started(),
+        ))
+    });
+    let counted = |name| metrics.as_ref().and_then(|m| m.server(name));
+
     let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
     let tls_server = Server::tls(
         "https",
         https,
-        lunch_net::tower_handler(app),
+        Counted::new(lunch_net::tower_handler(app), counted("https")),
         config.limits.clone(),
         lunch_net::tls::server_config(Arc::clone(&store)),
     )
@@ -160,7 +176,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             let server = Server::plain(
                 "http",
                 listener,
-                lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
+                Counted::new(
+                    lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
+                    counted("http"),
+                ),
                 config.limits.clone(),
             )
             .context("starting the http server")?
@@ -172,6 +191,14 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         }
         None => tracing::info!("no redirect server: [http] redirect = false"),
     }
+    if let (Some(listener), Some(metrics)) = (metrics_listener, &metrics) {
+        let server = metrics::server(listener, metrics, config.limits.clone())?;
+        let local = server.local_addr().context("reading the metrics socket's address")?;
+        tracing::info!("serving metrics on http://{local}/metrics ({how})");
+        listeners.push_str(&format!(", metrics on {local}"));
+        probes.push(server.probe());
+        tasks.spawn(server.run(stopped(stop_rx.clone())));
+    }
 
     let daemon = Daemon {
         config_path,
@@ -181,9 +208,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         lunch,
         policy,
         https_port,
-        status: Arc::new(Status::new(listeners, certwatch::unix_now())),
+        status,
         watch: Arc::new(Watch::default()),
     };
+    daemon.status.serving(listeners);
     // Ready means serving: every worker and accept loop has answered once. A server
     // that failed instead is reported by the loop below.
     if all_answer(&probes).await {

@@ -12,6 +12,7 @@ mod config;
 mod daemon;
 mod dev_cert;
 mod logging;
+mod metrics;
 mod notify;
 mod status;
 
@@ -122,6 +123,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         reload_dir: cli.reload_credentials,
         http,
         https,
+        metrics: None,
         activated,
         certificate,
         workers: workers.clone(),

@@ -20,11 +20,25 @@ pub enum Reload {
     Failed { at: i64, problem: String },
 }
 
+/// What the reloads since the start came to, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloads {
+    /// Reloads that succeeded.
+    pub ok: u64,
+    /// Reloads that failed.
+    pub failed: u64,
+    /// Whether the last one succeeded (true before the first).
+    pub last_ok: bool,
+    /// When the last one ended (the start, before the first one).
+    pub last_at: i64,
+}
+
 /// What the STATUS= line is made of, kept between notifications.
 #[derive(Debug)]
 pub struct Status {
-    serving: String,
-    reload: Mutex<Reload>,
+    started: i64,
+    serving: Mutex<String>,
+    reload: Mutex<(Reload, Reloads)>,
 }
 
 impl Status {
@@ -32,20 +46,60 @@ impl Status {
     /// redirect on 0.0.0.0:80`; `started` is the time of the start.
     pub fn new(serving: String, started: i64) -> Status {
         Status {
-            serving,
-            reload: Mutex::new(Reload::None { started }),
+            started,
+            serving: Mutex::new(serving),
+            reload: Mutex::new((
+                Reload::None { started },
+                Reloads {
+                    ok: 0,
+                    failed: 0,
+                    last_ok: true,
+                    last_at: started,
+                },
+            )),
         }
+    }
+
+    /// Says what is served, once the servers run.
+    pub fn serving(&self, serving: String) {
+        *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = serving;
+    }
+
+    /// When lunchd started, in seconds since the epoch.
+    pub fn started(&self) -> i64 {
+        self.started
     }
 
     /// Records the outcome of a reload.
     pub fn reloaded(&self, outcome: Reload) {
-        *self.reload.lock().unwrap_or_else(|e| e.into_inner()) = outcome;
+        let mut state = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = &mut state.1;
+        match &outcome {
+            Reload::None { .. } => {}
+            Reload::Ok { at } => {
+                counts.ok += 1;
+                counts.last_ok = true;
+                counts.last_at = *at;
+            }
+            Reload::Failed { at, .. } => {
+                counts.failed += 1;
+                counts.last_ok = false;
+                counts.last_at = *at;
+            }
+        }
+        state.0 = outcome;
+    }
+
+    /// The reloads since the start.
+    pub fn reloads(&self) -> Reloads {
+        self.reload.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
     /// The line for the certificate `info` in the state `check`.
     pub fn line(&self, info: &CertificateInfo, check: &Check) -> String {
-        let reload = self.reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        line(&self.serving, &reload, info, check)
+        let reload = self.reload.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+        let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        line(&serving, &reload, info, check)
     }
 }
 
