@@ -14,11 +14,13 @@ use lunch_net::{Probe, Server, Workers};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::access::AccessLog;
 use crate::app::{self, Lunch, SharedLunch};
 use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
-use crate::metrics::{self, Counted, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::notify;
+use crate::observe::Observed;
 use crate::status::{Reload, Status};
 
 /// Everything `run` needs, prepared before the runtime starts.
@@ -38,6 +40,8 @@ pub struct Setup {
     pub https: TcpListener,
     /// The listener of the metrics server, if any.
     pub metrics: Option<TcpListener>,
+    /// The access log, when it is on.
+    pub access: Option<Arc<AccessLog>>,
     /// Whether the listeners came from socket activation.
     pub activated: bool,
     /// The certificate to start with.
@@ -109,6 +113,7 @@ struct Daemon {
     https_port: u16,
     status: Arc<Status>,
     watch: Arc<Watch>,
+    access: Option<Arc<AccessLog>>,
 }
 
 /// Serves until SIGTERM or SIGINT; reloads on SIGHUP.
@@ -121,6 +126,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         http,
         https,
         metrics: metrics_listener,
+        access,
         activated,
         certificate,
         workers,
@@ -147,6 +153,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             &servers,
             Arc::clone(&store),
             Arc::clone(&status),
+            access.clone(),
             status.started(),
         ))
     });
@@ -156,7 +163,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     let tls_server = Server::tls(
         "https",
         https,
-        Counted::new(lunch_net::tower_handler(app), counted("https")),
+        Observed::new(lunch_net::tower_handler(app), counted("https"), access.clone()),
         config.limits.clone(),
         lunch_net::tls::server_config(Arc::clone(&store)),
     )
@@ -176,9 +183,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             let server = Server::plain(
                 "http",
                 listener,
-                Counted::new(
+                Observed::new(
                     lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
                     counted("http"),
+                    access.clone(),
                 ),
                 config.limits.clone(),
             )
@@ -210,6 +218,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         https_port,
         status,
         watch: Arc::new(Watch::default()),
+        access,
     };
     daemon.status.serving(listeners);
     // Ready means serving: every worker and accept loop has answered once. A server
@@ -274,6 +283,9 @@ impl Daemon {
     async fn reload(&self) {
         notify::reloading();
         tracing::info!("reloading");
+        if let Some(access) = &self.access {
+            access.reopen();
+        }
         let config_path = self.config_path.clone();
         let cli_files = self.cli_files.clone();
         let reload_dir = self.reload_dir.clone();

@@ -5,6 +5,7 @@
 //! unset their variables while the process is single-threaded), then hands
 //! over to [`daemon::run`].
 
+mod access;
 mod app;
 mod certwatch;
 mod cli;
@@ -14,6 +15,7 @@ mod dev_cert;
 mod logging;
 mod metrics;
 mod notify;
+mod observe;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -107,6 +109,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("certificate {}", certificate.info());
 
     let (http, https, activated) = take_listeners(&config)?;
+    let access = access::configured(&config)?;
 
     // Connections are served thread-per-core (see `lunch_net::Workers`);
     // this thread runs the accept loops, signals, reloads and readiness.
@@ -124,6 +127,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         http,
         https,
         metrics: None,
+        access,
         activated,
         certificate,
         workers: workers.clone(),

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served on the optional socket named `metrics`
 //! (`GET /metrics`, the text exposition format 0.0.4; docs/metrics.md).
 //!
-//! Counters on the request path are sharded per thread: each thread adds
+//! Counters on the request path (fed by [`crate::observe`]) are sharded per thread: each thread adds
 //! to cells of its own, padded apart, so the worker threads never write to
 //! one cache line; a scrape adds the shards up. Everything else (reloads,
 //! the certificate, connection counts) is read when scraped, from where it
@@ -14,12 +14,9 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -27,6 +24,7 @@ use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use lunch_net::tls::CertificateStore;
 
+use crate::access::AccessLog;
 use crate::certwatch;
 use crate::status::Status;
 
@@ -181,6 +179,12 @@ pub const FAMILIES: &[Family] = &[
         help: "When the last reload ended (the start, before the first one), in seconds since the epoch.",
     },
     Family {
+        name: "lunchd_access_log_dropped_total",
+        kind: "counter",
+        labels: "",
+        help: "Access log records lost: the writer fell behind or the file could not be written.",
+    },
+    Family {
         name: "lunchd_certificate_not_before_timestamp_seconds",
         kind: "gauge",
         labels: "serial",
@@ -202,19 +206,27 @@ pub struct Metrics {
     servers: Vec<Arc<ServerMetrics>>,
     store: Arc<CertificateStore>,
     status: Arc<Status>,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl Metrics {
-    /// Metrics of the servers named `servers`, the certificate in `store`
-    /// and the reloads `status` records; `started` in seconds since the
-    /// epoch.
-    pub fn new(servers: &[&'static str], store: Arc<CertificateStore>, status: Arc<Status>, started: i64) -> Metrics {
+    /// Metrics of the servers named `servers`, the certificate in `store`,
+    /// the reloads `status` records and the access log; `started` in
+    /// seconds since the epoch.
+    pub fn new(
+        servers: &[&'static str],
+        store: Arc<CertificateStore>,
+        status: Arc<Status>,
+        access: Option<Arc<AccessLog>>,
+        started: i64,
+    ) -> Metrics {
         Metrics {
             version: env!("CARGO_PKG_VERSION"),
             started,
             servers: servers.iter().map(|name| Arc::new(ServerMetrics::new(name))).collect(),
             store,
             status,
+            access,
         }
     }
 
@@ -276,6 +288,9 @@ impl Metrics {
             "lunchd_reloads_total" => {
                 sample(out, name, "outcome=\"ok\"", reloads.ok);
                 sample(out, name, "outcome=\"failed\"", reloads.failed);
+            }
+            "lunchd_access_log_dropped_total" => {
+                sample(out, name, "", self.access.as_ref().map_or(0, |a| a.dropped()));
             }
             "lunchd_last_reload_success" => sample(out, name, "", u8::from(reloads.last_ok)),
             "lunchd_last_reload_timestamp_seconds" => sample(out, name, "", reloads.last_at),
@@ -365,66 +380,6 @@ pub fn server(
         .context("starting the metrics server")
 }
 
-/// A handler whose answers are counted in `metrics` (when there are
-/// metrics: without the socket, only a branch per request).
-#[derive(Debug, Clone)]
-pub struct Counted<H> {
-    inner: H,
-    metrics: Option<Arc<ServerMetrics>>,
-}
-
-impl<H> Counted<H> {
-    /// `inner`, counted in `metrics`.
-    pub fn new(inner: H, metrics: Option<Arc<ServerMetrics>>) -> Counted<H> {
-        Counted { inner, metrics }
-    }
-}
-
-impl<H> Service<Request<Incoming>> for Counted<H>
-where
-    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = CountedFuture<H::Future>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let measure = self
-            .metrics
-            .as_ref()
-            .map(|metrics| (Arc::clone(metrics), request.version(), Instant::now()));
-        CountedFuture {
-            inner: self.inner.call(request),
-            measure,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response of a [`Counted`] handler, counted when it is ready.
-    pub struct CountedFuture<F> {
-        #[pin]
-        inner: F,
-        measure: Option<(Arc<ServerMetrics>, Version, Instant)>,
-    }
-}
-
-impl<F> Future for CountedFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let (Some((metrics, version, start)), Ok(response)) = (this.measure.take(), &result) {
-            metrics.record(version, response.status(), start.elapsed());
-        }
-        Poll::Ready(result)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +402,7 @@ mod tests {
             &["https", "http"],
             CertificateStore::new(certificate),
             status,
+            None,
             1_796_119_200,
         )
     }

@@ -1,0 +1,130 @@
+//! What lunchd sees of each request it answers: a handler wrapper that
+//! counts the answer in the metrics and writes the access log line, each
+//! only when it is on. With both off it costs a branch per request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use axum::body::Body;
+use hyper::body::{Body as _, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response, Version};
+
+use crate::access::{self, AccessLog};
+use crate::metrics::ServerMetrics;
+
+/// A handler whose answers are counted in `metrics` and logged in
+/// `access`, where those are on.
+#[derive(Debug, Clone)]
+pub struct Observed<H> {
+    inner: H,
+    metrics: Option<Arc<ServerMetrics>>,
+    access: Option<Arc<AccessLog>>,
+}
+
+impl<H> Observed<H> {
+    /// `inner`, observed.
+    pub fn new(inner: H, metrics: Option<Arc<ServerMetrics>>, access: Option<Arc<AccessLog>>) -> Observed<H> {
+        Observed { inner, metrics, access }
+    }
+}
+
+/// What the access log needs of the request, taken before the handler
+/// consumes it.
+struct Seen {
+    log: Arc<AccessLog>,
+    time: SystemTime,
+    method: hyper::Method,
+    target: String,
+}
+
+struct Measure {
+    start: Instant,
+    version: Version,
+    metrics: Option<Arc<ServerMetrics>>,
+    access: Option<Seen>,
+}
+
+impl<H> Service<Request<Incoming>> for Observed<H>
+where
+    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ObservedFuture<H::Future>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let measure = if self.metrics.is_none() && self.access.is_none() {
+            None
+        } else {
+            let access = self.access.as_ref().map(|log| {
+                let uri = request.uri();
+                let target = match (log.query, uri.path_and_query()) {
+                    (true, Some(pq)) => pq.as_str().to_owned(),
+                    _ => uri.path().to_owned(),
+                };
+                Seen {
+                    log: Arc::clone(log),
+                    time: SystemTime::now(),
+                    method: request.method().clone(),
+                    target,
+                }
+            });
+            Some(Measure {
+                start: Instant::now(),
+                version: request.version(),
+                metrics: self.metrics.clone(),
+                access,
+            })
+        };
+        ObservedFuture {
+            inner: self.inner.call(request),
+            measure,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of an [`Observed`] handler, observed when it is ready.
+    pub struct ObservedFuture<F> {
+        #[pin]
+        inner: F,
+        measure: Option<Measure>,
+    }
+}
+
+impl<F> Future for ObservedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Some(measure), Ok(response)) = (this.measure.take(), &result) {
+            let elapsed = measure.start.elapsed();
+            if let Some(metrics) = &measure.metrics {
+                metrics.record(measure.version, response.status(), elapsed);
+            }
+            if let Some(seen) = &measure.access {
+                seen.log.log(&access::Record {
+                    time: seen.time,
+                    client: None,
+                    server_name: None,
+                    protocol: if measure.version == Version::HTTP_2 { "h2" } else { "h1" },
+                    method: seen.method.as_str(),
+                    target: &seen.target,
+                    status: response.status().as_u16(),
+                    bytes: response.body().size_hint().exact(),
+                    duration: elapsed,
+                });
+            }
+        }
+        Poll::Ready(result)
+    }
+}
