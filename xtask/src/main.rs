@@ -12,6 +12,7 @@ mod fuzz;
 mod install;
 mod screenshot;
 mod system;
+mod test;
 
 /// lunchd's development tasks.
 #[derive(Debug, Parser)]
@@ -35,6 +36,9 @@ enum Task {
     Fuzz(fuzz::Args),
     /// Regenerate the page screenshot in docs/.
     Screenshot(screenshot::Args),
+    /// The whole test suite: installs what it needs, then `cargo test
+    /// --workspace` and, as root, the e2e run.
+    Test(test::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Screenshot(args) => screenshot::run(args),
+        Task::Test(args) => test::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
