@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use axum::body::Body;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response, Version};
 
@@ -49,11 +48,12 @@ struct Measure {
     access: Option<Seen>,
 }
 
-impl<H> Service<Request<Incoming>> for Observed<H>
+impl<H, B> Service<Request<Incoming>> for Observed<H>
 where
-    H: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    H: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    B: hyper::body::Body,
 {
-    type Response = Response<Body>;
+    type Response = Response<B>;
     type Error = Infallible;
     type Future = ObservedFuture<H::Future>;
 
@@ -97,11 +97,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F> Future for ObservedFuture<F>
+impl<F, B> Future for ObservedFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: hyper::body::Body,
 {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<B>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
