@@ -11,9 +11,9 @@
 //! lunchd checks at start, at every reload and every hour ([`run`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lunch_net::tls::{CertificateInfo, CertificateStore, format_utc};
+use lunch_net::tls::{CertificateInfo, CertificateStore};
 
 /// How often the running daemon looks again.
 pub const PERIOD: Duration = Duration::from_secs(3600);
@@ -61,16 +61,17 @@ pub struct Check {
 impl Check {
     /// `info` seen at `now` (seconds since the epoch).
     pub fn of(info: &CertificateInfo, now: i64) -> Check {
-        let remaining = info.not_after - now;
+        let (not_before, not_after) = (unix(info.not_before), unix(info.not_after));
+        let remaining = not_after - now;
         Check {
-            urgency: urgency(remaining, info.not_after - info.not_before),
+            urgency: urgency(remaining, not_after - not_before),
             remaining,
         }
     }
 
     /// The part of the STATUS= line about the certificate.
     pub fn status(&self, info: &CertificateInfo) -> String {
-        let not_after = format_utc(info.not_after);
+        let not_after = format_utc(unix(info.not_after));
         match self.urgency {
             Urgency::Fine => format!("certificate expires in {} ({not_after})", span(self.remaining)),
             Urgency::Renew | Urgency::Soon => format!(
@@ -168,8 +169,10 @@ fn log(info: &CertificateInfo, check: &Check) {
     let file = &info.source;
     let serial = &info.serial;
     // One token, for `key=value` readers.
-    let not_after = format_utc(info.not_after).replacen(' ', "T", 1).replace(" UTC", "Z");
-    let lifetime = span(info.not_after - info.not_before);
+    let not_after = format_utc(unix(info.not_after))
+        .replacen(' ', "T", 1)
+        .replace(" UTC", "Z");
+    let lifetime = span(unix(info.not_after) - unix(info.not_before));
     match check.urgency {
         Urgency::Fine => {}
         Urgency::Renew => tracing::warn!(
@@ -193,9 +196,23 @@ fn log(info: &CertificateInfo, check: &Check) {
     }
 }
 
-/// A certificate time as seconds since the epoch.
-pub fn unix(time: i64) -> i64 {
-    time
+/// `time` in whole seconds since the epoch, rounded down.
+pub fn unix(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let before = before.duration();
+            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            if before.subsec_nanos() > 0 { -secs - 1 } else { -secs }
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch.
+pub fn format_utc(secs: i64) -> String {
+    let date = lunch_core::Date::from_days_since_epoch(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!("{date} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Seconds since the epoch, now.
@@ -439,13 +456,27 @@ mod tests {
         (buffer, tracing::subscriber::set_default(subscriber))
     }
 
+    #[test]
+    fn utc_formatting() {
+        let utc = |secs: u64| format_utc(unix(UNIX_EPOCH + Duration::from_secs(secs)));
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_824_000 + 3661), "2026-11-28 01:01:01 UTC");
+        assert_eq!(
+            format_utc(unix(UNIX_EPOCH - Duration::from_secs(1))),
+            "1969-12-31 23:59:59 UTC"
+        );
+        assert_eq!(unix(UNIX_EPOCH - Duration::from_millis(1)), -1);
+        assert_eq!(unix(UNIX_EPOCH + Duration::from_millis(1999)), 1);
+    }
+
     fn info(not_before: i64, not_after: i64) -> CertificateInfo {
+        let at = |secs: i64| UNIX_EPOCH + Duration::from_secs(secs.try_into().unwrap());
         CertificateInfo {
             subject: "CN=lunch.test".to_owned(),
             names: vec!["lunch.test".to_owned()],
             serial: "01".to_owned(),
-            not_before,
-            not_after,
+            not_before: at(not_before),
+            not_after: at(not_after),
             source: "/etc/lunchd/fullchain.pem".to_owned(),
         }
     }

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -67,7 +67,7 @@ pub fn load_certificate(
         },
         _ => return Ok(None),
     };
-    let certificate = LoadedCertificate::load(&files, std::time::SystemTime::now())?;
+    let certificate = LoadedCertificate::load(&files, SystemTime::now())?;
     check_names(config, &certificate)?;
     Ok(Some(certificate))
 }
@@ -161,11 +161,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
     let tls_server = Server::tls(
-        "https",
         https,
+        lunch_net::tls::server_config(Arc::clone(&store)),
         Observed::new(lunch_net::tower_handler(app), counted("https"), access.clone()),
         config.limits.clone(),
-        lunch_net::tls::server_config(Arc::clone(&store)),
     )
     .context("starting the https server")?
     .with_workers(workers.clone());
@@ -181,7 +180,6 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         Some(listener) => {
             let local = listener.local_addr().context("reading the http socket's address")?;
             let server = Server::plain(
-                "http",
                 listener,
                 Observed::new(
                     lunch_net::redirect::Redirector::new(Arc::clone(&policy)),

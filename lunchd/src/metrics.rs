@@ -376,8 +376,11 @@ pub fn server(
     limits: lunch_net::Limits,
 ) -> anyhow::Result<lunch_net::Server<Endpoint>> {
     use anyhow::Context;
-    lunch_net::Server::plain("metrics", listener, Endpoint(Arc::clone(metrics)), limits)
-        .context("starting the metrics server")
+    Ok(
+        lunch_net::Server::plain(listener, Endpoint(Arc::clone(metrics)), limits)
+            .context("starting the metrics server")?
+            .named("metrics"),
+    )
 }
 
 #[cfg(test)]

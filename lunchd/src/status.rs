@@ -4,9 +4,9 @@
 
 use std::sync::Mutex;
 
-use lunch_net::tls::{CertificateInfo, format_utc};
+use lunch_net::tls::CertificateInfo;
 
-use crate::certwatch::{Check, Urgency};
+use crate::certwatch::{Check, Urgency, format_utc};
 
 /// How the last reload went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,13 +144,17 @@ mod tests {
     const HOUR: i64 = 3600;
     const START: i64 = 1_796_119_200; // 2026-12-01 10:00:00 UTC
 
+    fn at(secs: i64) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.try_into().unwrap())
+    }
+
     fn info(names: &[&str], lifetime_hours: i64) -> CertificateInfo {
         CertificateInfo {
             subject: format!("CN={}", names[0]),
             names: names.iter().map(|n| (*n).to_owned()).collect(),
             serial: "2a".to_owned(),
-            not_before: START - HOUR,
-            not_after: START - HOUR + lifetime_hours * HOUR,
+            not_before: at(START - HOUR),
+            not_after: at(START - HOUR + lifetime_hours * HOUR),
             source: "/run/credentials/lunchd.service/fullchain.pem".to_owned(),
         }
     }
