@@ -25,6 +25,8 @@ pub const SD_LISTEN_FDS_START: RawFd = 3;
 pub const HTTP: &str = Role::Http.name();
 /// The name of the socket that gets the TLS server.
 pub const HTTPS: &str = Role::Https.name();
+/// The name of the optional socket that gets the metrics server.
+pub const METRICS: &str = Role::Metrics.name();
 
 /// What a named socket is for. Its name is what `FileDescriptorName=`
 /// gives the socket in its unit.
@@ -37,17 +39,20 @@ pub enum Role {
     Http,
     /// `https`: the TLS server.
     Https,
+    /// `metrics`: the optional Prometheus metrics server.
+    Metrics,
 }
 
 impl Role {
     /// Every role, in the order names are listed in messages.
-    pub const ALL: [Role; 2] = [Role::Http, Role::Https];
+    pub const ALL: [Role; 3] = [Role::Http, Role::Https, Role::Metrics];
 
     /// The socket name of the role.
     pub const fn name(self) -> &'static str {
         match self {
             Role::Http => "http",
             Role::Https => "https",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -491,7 +496,7 @@ mod tests {
         assert!(err(&["https", "https"], &[Https, Http]).starts_with("two sockets are named `https`"));
         assert_eq!(
             err(&["http", "web"], &[Https, Http]),
-            "socket 1 is named `web`; lunchd knows only `http` and `https`; fix FileDescriptorName= in the socket unit"
+            "socket 1 is named `web`; lunchd knows only `http`, `https` and `metrics`; fix FileDescriptorName= in the socket unit"
         );
     }
 

@@ -108,7 +108,12 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     tracing::info!("certificate {}", certificate.info());
 
-    let (http, https, activated) = take_listeners(&config)?;
+    let Taken {
+        http,
+        https,
+        metrics,
+        activated,
+    } = take_listeners(&config)?;
     let access = access::configured(&config)?;
 
     // Connections are served thread-per-core (see `lunch_net::Workers`);
@@ -126,7 +131,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         reload_dir: cli.reload_credentials,
         http,
         https,
-        metrics: None,
+        metrics,
         access,
         activated,
         certificate,
@@ -139,7 +144,16 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
 
 /// Adopts the sockets systemd passed, by name, or binds the configured
 /// fallback addresses when there are none.
-fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListener>, std::net::TcpListener, bool)> {
+/// The listeners to serve on.
+struct Taken {
+    http: Option<std::net::TcpListener>,
+    https: std::net::TcpListener,
+    /// Only ever passed by systemd (`lunchd-metrics.socket`).
+    metrics: Option<std::net::TcpListener>,
+    activated: bool,
+}
+
+fn take_listeners(config: &Config) -> anyhow::Result<Taken> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     let names = std::env::var("LISTEN_FDNAMES").ok();
@@ -172,7 +186,12 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             } else {
                 None
             };
-            Ok((http, https, true))
+            Ok(Taken {
+                http,
+                https,
+                metrics: listeners.take(Role::Metrics).ok(),
+                activated: true,
+            })
         }
         None => {
             let https = sockets::bind(config.https_listen)?;
@@ -181,7 +200,12 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             } else {
                 None
             };
-            Ok((http, https, false))
+            Ok(Taken {
+                http,
+                https,
+                metrics: None,
+                activated: false,
+            })
         }
     }
 }
