@@ -20,7 +20,7 @@ use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
 use crate::metrics::{self, Metrics};
 use crate::notify;
-use crate::observe::Observed;
+use crate::observe::{self, Observed};
 use crate::status::{Reload, Status};
 
 /// Everything `run` needs, prepared before the runtime starts.
@@ -168,6 +168,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     )
     .context("starting the https server")?
     .with_workers(workers.clone());
+    let tls_server = observe::server(tls_server, "https", metrics.as_deref(), access.is_some());
     let mut probes: Vec<Probe> = workers.probes();
     probes.push(tls_server.probe());
     let how = if activated { "socket from systemd" } else { "bound" };
@@ -190,6 +191,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             )
             .context("starting the http server")?
             .with_workers(workers.clone());
+            let server = observe::server(server, "http", metrics.as_deref(), access.is_some());
             probes.push(server.probe());
             listeners.push_str(&format!(", http redirect on {local}"));
             tracing::info!("redirecting http://{}/ to https ({how})", url_host(&local, &store));
@@ -199,6 +201,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     }
     if let (Some(listener), Some(metrics)) = (metrics_listener, &metrics) {
         let server = metrics::server(listener, metrics, config.limits.clone())?;
+        let server = observe::server(server, "metrics", Some(metrics), false);
         let local = server.local_addr().context("reading the metrics socket's address")?;
         tracing::info!("serving metrics on http://{local}/metrics ({how})");
         listeners.push_str(&format!(", metrics on {local}"));

@@ -13,6 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response, Version};
 
+use lunch_net::ConnectionInfo;
+
 use crate::access::{self, AccessLog};
 use crate::metrics::ServerMetrics;
 
@@ -32,6 +34,20 @@ impl<H> Observed<H> {
     }
 }
 
+/// `server`, named `name`, with its connection counters in `metrics` and,
+/// for the access log, each request's client and TLS server name.
+pub fn server<S: lunch_net::Handler>(
+    server: lunch_net::Server<S>,
+    name: &'static str,
+    metrics: Option<&crate::metrics::Metrics>,
+    access: bool,
+) -> lunch_net::Server<S> {
+    if let Some(metrics) = metrics {
+        metrics.connections(name, server.stats());
+    }
+    if access { server.with_connection_info() } else { server }
+}
+
 /// What the access log needs of the request, taken before the handler
 /// consumes it.
 struct Seen {
@@ -39,6 +55,7 @@ struct Seen {
     time: SystemTime,
     method: hyper::Method,
     target: String,
+    connection: Option<ConnectionInfo>,
 }
 
 struct Measure {
@@ -72,6 +89,7 @@ where
                     time: SystemTime::now(),
                     method: request.method().clone(),
                     target,
+                    connection: request.extensions().get::<ConnectionInfo>().cloned(),
                 }
             });
             Some(Measure {
@@ -115,8 +133,8 @@ where
             if let Some(seen) = &measure.access {
                 seen.log.log(&access::Record {
                     time: seen.time,
-                    client: None,
-                    server_name: None,
+                    client: seen.connection.as_ref().map(|c| c.peer),
+                    server_name: seen.connection.as_ref().and_then(|c| c.server_name.as_deref()),
                     protocol: if measure.version == Version::HTTP_2 { "h2" } else { "h1" },
                     method: seen.method.as_str(),
                     target: &seen.target,

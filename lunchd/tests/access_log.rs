@@ -77,6 +77,13 @@ async fn one_line_per_request_when_asked() {
         ],
         "{lines:#?}"
     );
+    // Client and TLS server name.
+    for f in &fields[..4] {
+        assert!(f[1].starts_with("127.0.0.1:"), "{lines:#?}");
+        assert_eq!(f[2], "lunch.test", "{lines:#?}");
+    }
+    assert!(fields[4][1].starts_with("127.0.0.1:"), "{lines:#?}");
+    assert_eq!(fields[4][2], "-", "no TLS, no server name: {lines:#?}");
     // The query string stays out unless configured.
     assert!(!lines.iter().any(|l| l.contains("secret")), "{lines:#?}");
     // Response bytes, when known up front.

@@ -104,10 +104,17 @@ async fn the_metrics_socket_tells_what_happened() {
     );
 
     let https = lunchd.port("https");
-    let mut h1 = TlsConnection::connect(https, "lunch.test", ca.client_config(&[b"http/1.1"])).await;
-    for _ in 0..3 {
+    let h1_config = ca.client_config(&[b"http/1.1"]);
+    let mut h1 = TlsConnection::connect(https, "lunch.test", h1_config.clone()).await;
+    for _ in 0..2 {
         assert_eq!(h1.get("lunch.test", "/healthz").await.status, 200);
     }
+    // The same client again resumes its session (a TLS 1.3 ticket).
+    let mut again = TlsConnection::connect(https, "lunch.test", h1_config).await;
+    assert_eq!(again.get("lunch.test", "/healthz").await.status, 200);
+    // Plain HTTP on the TLS port.
+    let plain = support::raw_request(https, b"GET / HTTP/1.1\r\nHost: lunch.test\r\n\r\n");
+    assert_eq!(support::status_of(&plain), Some(400), "{plain}");
     let mut h2 = TlsConnection::connect(https, "lunch.test", ca.client_config(&[b"h2"])).await;
     assert_eq!(h2.get("lunch.test", "/healthz").await.status, 200);
     assert_eq!(h2.get("lunch.test", "/nowhere").await.status, 404);
@@ -126,6 +133,37 @@ async fn the_metrics_socket_tells_what_happened() {
     assert_eq!(
         value(&after, "lunchd_http_request_duration_seconds_count{server=\"https\"}"),
         5.0
+    );
+    assert_eq!(value(&after, "lunchd_tls_handshakes_total{kind=\"full\"}"), 2.0);
+    assert_eq!(value(&after, "lunchd_tls_handshakes_total{kind=\"resumed\"}"), 1.0);
+    assert_eq!(
+        value(&after, "lunchd_tls_handshake_failures_total{reason=\"plain_http\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "lunchd_tls_handshake_failures_total{reason=\"error\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&after, "lunchd_connections_accepted_total{server=\"https\"}"),
+        4.0
+    );
+    assert_eq!(value(&after, "lunchd_connections_accepted_total{server=\"http\"}"), 1.0);
+    assert_eq!(
+        value(&after, "lunchd_connections_open{server=\"metrics\"}"),
+        1.0,
+        "this scrape's own"
+    );
+    // h1, again and h2 are still open; the plain-HTTP one closed (its
+    // count goes down just after the client sees the close).
+    let deadline = std::time::Instant::now() + WAIT;
+    while value(&scrape(metrics), "lunchd_connections_open{server=\"https\"}") != 3.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", scrape(metrics));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        value(&after, "lunchd_connection_limit_reached_total{server=\"https\"}"),
+        0.0
     );
 
     // One good reload, one failed.
