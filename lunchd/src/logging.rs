@@ -155,10 +155,11 @@ impl Write for PriorityLines {
 
 impl Drop for PriorityLines {
     fn drop(&mut self) {
-        if !self.buffer.is_empty() {
-            let _ = std::io::stderr()
-                .lock()
-                .write_all(&prefix_lines(self.priority, &self.buffer));
+        // The human format pads ` INFO` and ` WARN` to the width of
+        // `ERROR`; in the journal that is only a stray space.
+        let record = self.buffer.strip_prefix(b" ").unwrap_or(&self.buffer);
+        if !record.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&prefix_lines(self.priority, record));
         }
     }
 }

@@ -167,6 +167,8 @@ fn every_line_carries_its_priority_when_stderr_is_the_journal() {
     assert!(!text.contains('\x1b'), "colours in the journal:\n{text}");
     // journald adds the time.
     assert!(lines.iter().all(|(_, t)| !t.starts_with("20")), "{text}");
+    // Levels unpadded: `<6>INFO serving`, not `<6> INFO serving`.
+    assert!(lines.iter().all(|(_, t)| !t.starts_with(' ')), "{text}");
 }
 
 #[test]
