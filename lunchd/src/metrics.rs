@@ -32,9 +32,15 @@ use crate::status::Status;
 /// share shards (still correct, merely contended).
 const SHARDS: usize = 64;
 
-/// Cells per cache line pair (128 bytes, what adjacent-line prefetching
-/// pulls in together).
-const LINE: usize = 128 / std::mem::size_of::<AtomicU64>();
+/// Counters per [`Line`].
+const LINE: usize = 16;
+
+/// 128 bytes of counters, aligned so: a cache line pair, what adjacent-line
+/// prefetching pulls in together. A shard is whole lines, so no two shards
+/// ever share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Line([AtomicU64; LINE]);
 
 /// The shard of the calling thread, given out in turn on first use.
 fn shard() -> usize {
@@ -48,26 +54,29 @@ fn shard() -> usize {
 /// `cells` counters, each split into one cell per shard.
 #[derive(Debug)]
 struct Sharded {
+    /// Lines per shard.
     stride: usize,
-    cells: Box<[AtomicU64]>,
+    lines: Box<[Line]>,
 }
 
 impl Sharded {
     fn new(cells: usize) -> Sharded {
-        let stride = cells.div_ceil(LINE).max(1) * LINE;
-        // One spare stride in front, so that shard 0 does not share a line
-        // with whatever the allocator put before the slice.
-        let cells = (0..stride * (SHARDS + 1)).map(|_| AtomicU64::new(0)).collect();
-        Sharded { stride, cells }
+        let stride = cells.div_ceil(LINE).max(1);
+        let lines = (0..stride * SHARDS).map(|_| Line::default()).collect();
+        Sharded { stride, lines }
+    }
+
+    fn cell(&self, shard: usize, cell: usize) -> &AtomicU64 {
+        &self.lines[self.stride * shard + cell / LINE].0[cell % LINE]
     }
 
     fn add(&self, shard: usize, cell: usize, value: u64) {
-        self.cells[self.stride * (shard + 1) + cell].fetch_add(value, Ordering::Relaxed);
+        self.cell(shard, cell).fetch_add(value, Ordering::Relaxed);
     }
 
     fn sum(&self, cell: usize) -> u64 {
-        (1..=SHARDS)
-            .map(|shard| self.cells[self.stride * shard + cell].load(Ordering::Relaxed))
+        (0..SHARDS)
+            .map(|shard| self.cell(shard, cell).load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
     }
 }
@@ -622,7 +631,15 @@ mod tests {
     #[test]
     fn shards_are_apart() {
         let sharded = Sharded::new(3);
-        assert_eq!(sharded.stride, LINE);
+        assert_eq!(sharded.stride, 1);
+        assert_eq!(std::mem::align_of::<Line>(), 128);
+        assert_eq!(Sharded::new(SERVER_CELLS).stride, SERVER_CELLS.div_ceil(LINE));
+        let (a, b) = (
+            sharded.cell(0, 0) as *const _ as usize,
+            sharded.cell(1, 0) as *const _ as usize,
+        );
+        assert_eq!(b - a, 128);
+        assert_eq!(a % 128, 0);
         sharded.add(0, 2, 5);
         sharded.add(SHARDS - 1, 2, 7);
         sharded.add(1, 0, 1);
