@@ -255,6 +255,9 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     notify::stopping(config.limits.drain_timeout);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Some(access) = &daemon.access {
+        access.flush();
+    }
     tracing::info!("stopped");
     Ok(())
 }

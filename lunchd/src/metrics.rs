@@ -43,7 +43,7 @@ const LINE: usize = 16;
 struct Line([AtomicU64; LINE]);
 
 /// The shard of the calling thread, given out in turn on first use.
-fn shard() -> usize {
+pub(crate) fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
