@@ -94,7 +94,8 @@ fn format_into(line: &mut String, record: &Record<'_>) {
         }
         None => line.push_str("- "),
     }
-    let _ = writeln!(line, "{:.6}", record.duration.as_secs_f64());
+    let micros = record.duration.as_micros();
+    let _ = writeln!(line, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
 }
 
 /// A field that should hold no space: escaped like the path.
@@ -253,7 +254,9 @@ impl Shared {
 
 /// The access log `config` asks for (`[log] access`), in the directory
 /// systemd made for it (`LogsDirectory=`, `$LOGS_DIRECTORY`).
-pub fn configured(config: &crate::config::Config) -> anyhow::Result<Option<Arc<AccessLog>>> {
+/// It lives as long as the process: requests refer to it without counting
+/// references, which would be a cache line all workers write.
+pub fn configured(config: &crate::config::Config) -> anyhow::Result<Option<&'static AccessLog>> {
     use anyhow::Context;
     if !config.access_log {
         return Ok(None);
@@ -275,7 +278,7 @@ pub fn configured(config: &crate::config::Config) -> anyhow::Result<Option<Arc<A
     let log = AccessLog::open(&path, config.access_query)
         .with_context(|| format!("opening the access log {}", path.display()))?;
     tracing::info!("access log in {}", path.display());
-    Ok(Some(Arc::new(log)))
+    Ok(Some(Box::leak(Box::new(log))))
 }
 
 fn append(path: &Path) -> std::io::Result<File> {

@@ -41,7 +41,7 @@ pub struct Setup {
     /// The listener of the metrics server, if any.
     pub metrics: Option<TcpListener>,
     /// The access log, when it is on.
-    pub access: Option<Arc<AccessLog>>,
+    pub access: Option<&'static AccessLog>,
     /// Whether the listeners came from socket activation.
     pub activated: bool,
     /// The certificate to start with.
@@ -113,7 +113,7 @@ struct Daemon {
     https_port: u16,
     status: Arc<Status>,
     watch: Arc<Watch>,
-    access: Option<Arc<AccessLog>>,
+    access: Option<&'static AccessLog>,
 }
 
 /// Serves until SIGTERM or SIGINT; reloads on SIGHUP.
@@ -153,7 +153,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             &servers,
             Arc::clone(&store),
             Arc::clone(&status),
-            access.clone(),
+            access,
             status.started(),
         ))
     });
@@ -163,7 +163,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     let tls_server = Server::tls(
         https,
         lunch_net::tls::server_config(Arc::clone(&store)),
-        Observed::new(lunch_net::tower_handler(app), counted("https"), access.clone()),
+        Observed::new(lunch_net::tower_handler(app), counted("https"), access),
         config.limits.clone(),
     )
     .context("starting the https server")?
@@ -185,7 +185,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
                 Observed::new(
                     lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
                     counted("http"),
-                    access.clone(),
+                    access,
                 ),
                 config.limits.clone(),
             )

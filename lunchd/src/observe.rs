@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -23,13 +22,13 @@ use crate::metrics::ServerMetrics;
 #[derive(Debug, Clone)]
 pub struct Observed<H> {
     inner: H,
-    metrics: Option<Arc<ServerMetrics>>,
-    access: Option<Arc<AccessLog>>,
+    metrics: Option<&'static ServerMetrics>,
+    access: Option<&'static AccessLog>,
 }
 
 impl<H> Observed<H> {
     /// `inner`, observed.
-    pub fn new(inner: H, metrics: Option<Arc<ServerMetrics>>, access: Option<Arc<AccessLog>>) -> Observed<H> {
+    pub fn new(inner: H, metrics: Option<&'static ServerMetrics>, access: Option<&'static AccessLog>) -> Observed<H> {
         Observed { inner, metrics, access }
     }
 }
@@ -51,17 +50,17 @@ pub fn server<S: lunch_net::Handler>(
 /// What the access log needs of the request, taken before the handler
 /// consumes it.
 struct Seen {
-    log: Arc<AccessLog>,
+    log: &'static AccessLog,
     time: SystemTime,
     method: hyper::Method,
-    target: String,
+    uri: hyper::Uri,
     connection: Option<ConnectionInfo>,
 }
 
 struct Measure {
     start: Instant,
     version: Version,
-    metrics: Option<Arc<ServerMetrics>>,
+    metrics: Option<&'static ServerMetrics>,
     access: Option<Seen>,
 }
 
@@ -78,24 +77,20 @@ where
         let measure = if self.metrics.is_none() && self.access.is_none() {
             None
         } else {
-            let access = self.access.as_ref().map(|log| {
-                let uri = request.uri();
-                let target = match (log.query, uri.path_and_query()) {
-                    (true, Some(pq)) => pq.as_str().to_owned(),
-                    _ => uri.path().to_owned(),
-                };
+            let access = self.access.map(|log| {
                 Seen {
-                    log: Arc::clone(log),
+                    log,
                     time: SystemTime::now(),
                     method: request.method().clone(),
-                    target,
+                    // Shares the request's bytes: no copy.
+                    uri: request.uri().clone(),
                     connection: request.extensions().get::<ConnectionInfo>().cloned(),
                 }
             });
             Some(Measure {
                 start: Instant::now(),
                 version: request.version(),
-                metrics: self.metrics.clone(),
+                metrics: self.metrics,
                 access,
             })
         };
@@ -137,7 +132,10 @@ where
                     server_name: seen.connection.as_ref().and_then(|c| c.server_name.as_deref()),
                     protocol: if measure.version == Version::HTTP_2 { "h2" } else { "h1" },
                     method: seen.method.as_str(),
-                    target: &seen.target,
+                    target: match (seen.log.query, seen.uri.path_and_query()) {
+                        (true, Some(pq)) => pq.as_str(),
+                        _ => seen.uri.path(),
+                    },
                     status: response.status().as_u16(),
                     bytes: response.body().size_hint().exact(),
                     duration: elapsed,
