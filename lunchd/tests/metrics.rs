@@ -39,13 +39,13 @@ fn value(exposition: &str, series: &str) -> f64 {
 fn promtool(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
+    let mut child = Command::new(support::require_tool("promtool", "prometheus"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package prometheus) must be installed");
+        .unwrap();
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     let said = format!(
