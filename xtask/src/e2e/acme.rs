@@ -67,9 +67,19 @@ impl Pebble {
             root.join("etc/hosts"),
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{domain}\n"),
         )?;
+        // The host's package when the container boots the host's /usr
+        // (its root, and so its dpkg database, is empty).
+        let query = ["dpkg-query", "--show", "--showformat=pebble ${Version}", "pebble"];
         let version = c
-            .run(&["dpkg-query", "--show", "--showformat=pebble ${Version}", "pebble"])
-            .unwrap_or_else(|_| "pebble (version unknown)".to_owned());
+            .run(&query)
+            .ok()
+            .or_else(|| {
+                let out = std::process::Command::new(query[0]).args(&query[1..]).output().ok()?;
+                out.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+            .unwrap_or_else(|| "pebble (version unknown)".to_owned());
         // No sleeps before validating, and no nonces rejected at random
         // (the default rejects 5%: certbot would retry, or fail a renewal).
         c.run(&[

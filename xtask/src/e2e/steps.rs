@@ -373,14 +373,7 @@ fn variant(unit: &str) -> String {
     } else if unit.contains("lunchd-copy-credentials") {
         parts.push("reload copy (lunchd-copy-credentials)".to_owned());
     }
-    for key in [
-        "PrivatePIDs",
-        "ProtectHostname",
-        "PrivateUsers",
-        "RestrictFileSystems",
-        "ProtectControlGroups",
-        "WatchdogSec",
-    ] {
+    for key in ["ProtectControlGroups", "PrivateTmp", "PrivatePIDs", "WatchdogSec"] {
         for v in values(key) {
             parts.push(format!("{key}={v}"));
         }
@@ -424,6 +417,14 @@ fn running_pid(c: &Container) -> anyhow::Result<u32> {
         0 => bail!("{SERVICE} is not running ({})", is_active(c, SERVICE)?),
         pid => Ok(pid),
     }
+}
+
+/// Runs `argv` as root in the mount namespace of the service's `pid`.
+fn in_service(c: &Container, pid: u32, argv: &[&str]) -> anyhow::Result<String> {
+    let target = format!("--target={pid}");
+    let mut full = vec!["nsenter", &target, "--mount", "--"];
+    full.extend(argv);
+    c.run(&full)
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
@@ -711,21 +712,15 @@ fn step_dynamic_user(w: &World<'_>) -> anyhow::Result<String> {
     .into_iter()
     .find_map(|(kind, dir)| dir.filter(|d| key_arg.starts_with(&format!("{d}/"))).map(|d| (kind, d)))
     .with_context(|| format!("--key={key_arg} is neither in $CREDENTIALS_DIRECTORY nor in $RUNTIME_DIRECTORY"))?;
-    let stat = c.run(&["stat", "--format", "%a %u", &key_arg])?;
-    ensure!(
-        stat.trim() == format!("400 {uid}"),
-        "{key_arg}: mode and owner are `{}`, expected `400 {uid}`",
-        stat.trim()
-    );
-    let dir_mode = c.run(&["stat", "--format", "%a", &dir])?;
+    // As lunchd sees them: from 257 on, systemd mounts the credentials in
+    // the service's own mount namespace only.
+    let (content, access) = readable_only_by(c, pid, uid, &key_arg)?;
+    ensure!(content == latest(w).2, "{key_arg} does not hold the installed key");
+    let dir_mode = in_service(c, pid, &["stat", "--format", "%a", &dir])?;
     let dir_mode = u32::from_str_radix(dir_mode.trim(), 8).context("stat printed no octal mode")?;
-    ensure!(dir_mode & 0o077 == 0, "{dir} has mode {dir_mode:o}: others may enter");
-    ensure!(
-        c.run(&["cat", &key_arg])? == latest(w).2,
-        "{key_arg} does not hold the installed key"
-    );
+    ensure!(dir_mode & 0o007 == 0, "{dir} has mode {dir_mode:o}: others may enter");
     Ok(format!(
-        "uid {uid} ({name}, not in /etc/passwd)\n{key} as uid {uid} in lunchd's mount namespace: {}\nkey read from {key_arg} ({kind}, mode 0400, owned by uid {uid})",
+        "uid {uid} ({name}, not in /etc/passwd)\n{key} as uid {uid} in lunchd's mount namespace: {}\nkey read from {key_arg} ({kind}: {access})",
         err.trim()
     ))
 }
@@ -890,22 +885,53 @@ fn delivered_key(w: &World<'_>, pid: u32, key: &str) -> anyhow::Result<String> {
             (key, "RefreshOnReload=credentials")
         }
     };
-    // In lunchd's own mount namespace: newer systemd mounts the
-    // credentials there only.
-    let ns = format!("--target={pid}");
-    let stat = c.run(&["nsenter", &ns, "--mount", "--", "stat", "--format", "%a %u", &path])?;
-    ensure!(
-        stat.trim() == format!("400 {}", uid.trim()),
-        "{path}: mode and owner `{}`, expected `400 {}`",
-        stat.trim(),
-        uid.trim()
-    );
-    ensure!(
-        c.run(&["nsenter", &ns, "--mount", "--", "cat", &path])? == key,
-        "{path} does not hold the renewed key"
-    );
+    let uid: u32 = uid.trim().parse().context("no uid of lunchd's process")?;
+    let (content, access) = readable_only_by(c, pid, uid, &path)?;
+    ensure!(content == key, "{path} does not hold the renewed key");
     Ok(format!(
-        "the renewed key reached lunchd through {how}: {path} (mode 0400, its uid)"
+        "the renewed key reached lunchd through {how}: {path} ({access})"
+    ))
+}
+
+/// Reads `path` in the mount namespace of lunchd's `pid` as lunchd's
+/// `uid` (its group is the same number), and checks that another user
+/// (nobody) cannot. Returns the content and the mode and owner, which
+/// differ between versions: 252 makes credentials 0400 and owned by the
+/// service's user, 257 and later 0440 root with an ACL for it.
+fn readable_only_by(c: &Container, pid: u32, uid: u32, path: &str) -> anyhow::Result<(String, String)> {
+    let target = format!("--target={pid}");
+    let read_as = |id: u32| {
+        c.output(&[
+            "nsenter",
+            &target,
+            "--mount",
+            "--",
+            "setpriv",
+            &format!("--reuid={id}"),
+            &format!("--regid={id}"),
+            "--clear-groups",
+            "--",
+            "cat",
+            path,
+        ])
+    };
+    let own = read_as(uid)?;
+    ensure!(
+        own.status.success(),
+        "lunchd's uid {uid} cannot read {path}: {}",
+        String::from_utf8_lossy(&own.stderr).trim()
+    );
+    let other = read_as(65534)?;
+    let err = String::from_utf8_lossy(&other.stderr);
+    ensure!(
+        !other.status.success() && err.contains("Permission denied"),
+        "nobody (65534) reading {path}: expected a refusal, got {} {err}",
+        other.status
+    );
+    let stat = in_service(c, pid, &["stat", "--format", "mode %a, owner %u:%g", path])?;
+    Ok((
+        String::from_utf8_lossy(&own.stdout).into_owned(),
+        format!("{}, readable by uid {uid}, not by nobody", stat.trim()),
     ))
 }
 
@@ -1177,7 +1203,21 @@ fn step_security(w: &World<'_>) -> anyhow::Result<String> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("cannot read the score in {line:?}"))?;
-    lock(&w.report).exposure = Some(line.split(':').nth(1).unwrap_or_default().trim().to_owned());
+    // What is left, e.g. `RootDirectory=/RootImage= 0.1`.
+    let left: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains('✗'))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let exposure = words.last().filter(|w| w.parse::<f64>().is_ok_and(|v| v > 0.0))?;
+            Some(format!("{} {exposure}", words.get(1)?))
+        })
+        .collect();
+    lock(&w.report).exposure = Some(format!(
+        "{} (left: {})",
+        line.split(':').nth(1).unwrap_or_default().trim(),
+        left.join(", ")
+    ));
     ensure!(
         score <= 0.2,
         "{}",

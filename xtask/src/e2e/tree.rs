@@ -21,10 +21,10 @@ const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Written last into a finished tree: when and from what it was built.
 const COMPLETE: &str = ".lunchd-e2e-tree";
 
-/// What every tree holds: systemd as PID 1, the name service for
-/// `DynamicUser=`, what the steps run inside (openssl, curl, ps, ss, ip),
-/// and the ACME pair, certbot and pebble.
-pub(crate) const PACKAGES: &[&str] = &[
+/// What debootstrap installs beside minbase: systemd as PID 1, the name
+/// service for `DynamicUser=`, and what the steps run inside (openssl,
+/// curl, ps, ss, ip).
+const BASE: &[&str] = &[
     "systemd",
     "systemd-sysv",
     "libnss-systemd",
@@ -34,9 +34,11 @@ pub(crate) const PACKAGES: &[&str] = &[
     "procps",
     "iproute2",
     "ca-certificates",
-    "certbot",
-    "pebble",
 ];
+
+/// Installed with apt-get in the finished base: debootstrap cannot
+/// configure certbot's Python packages itself.
+const EXTRA: &[&str] = &["certbot", "pebble"];
 
 /// Timers that would act on their own during a run (certbot's renews, apt
 /// updates): masked in the tree.
@@ -59,7 +61,9 @@ pub(crate) struct Tree {
 /// The cache directory of `suite`'s tree.
 fn tree_dir(cache: &Path, suite: &str) -> PathBuf {
     let key = std::iter::once(suite)
-        .chain(PACKAGES.iter().copied())
+        .chain(BASE.iter().copied())
+        .chain(["+"])
+        .chain(EXTRA.iter().copied())
         .collect::<Vec<_>>()
         .join(",");
     cache.join(format!("{suite}-{:016x}", fnv1a(key.as_bytes())))
@@ -176,11 +180,21 @@ fn build(dir: &Path, suite: &str, mirror: &str, log_path: &Path) -> anyhow::Resu
     let script = "/usr/share/debootstrap/scripts/sid";
     run(Command::new("debootstrap")
         .arg("--variant=minbase")
-        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!("--include={}", BASE.join(",")))
         .arg(suite)
         .arg(dir)
         .arg(mirror)
         .arg(script))?;
+    fs::copy("/etc/resolv.conf", dir.join("etc/resolv.conf")).context("copying /etc/resolv.conf into the tree")?;
+    // The mirror may be a snapshot whose Release files have expired
+    // (debootstrap does not check that either).
+    run(Command::new("chroot")
+        .arg(dir)
+        .args(["apt-get", "-o", "Acquire::Check-Valid-Until=false", "update", "-q"]))?;
+    run(Command::new("chroot")
+        .arg(dir)
+        .args(["apt-get", "install", "-y", "-q", "--no-install-recommends"])
+        .args(EXTRA))?;
     run(Command::new("chroot")
         .arg(dir)
         .args(["systemctl", "mask", "--quiet"])
@@ -188,7 +202,11 @@ fn build(dir: &Path, suite: &str, mirror: &str, log_path: &Path) -> anyhow::Resu
     run(Command::new("chroot").arg(dir).args(["apt-get", "clean"]))?;
     fs::write(
         dir.join(COMPLETE),
-        format!("suite {suite}\nmirror {mirror}\npackages {}\n", PACKAGES.join(" ")),
+        format!(
+            "suite {suite}\nmirror {mirror}\npackages {} {}\n",
+            BASE.join(" "),
+            EXTRA.join(" ")
+        ),
     )?;
     Ok(())
 }
