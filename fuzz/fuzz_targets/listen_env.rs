@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lunch_net::sockets::{Expect, ListenEnv, map_names, parse_listen_env};
+use lunch_net::sockets::{ListenEnv, Role, map_names, parse_listen_env};
 
 const OUR_PID: u32 = 4242;
 
@@ -38,15 +38,17 @@ fuzz_target!(|data: &[u8]| {
                     "a foreign LISTEN_PID was accepted"
                 );
             }
-            for expect in [Expect::Both, Expect::HttpsOnly] {
-                match map_names(&names, expect) {
-                    Ok((http, https)) => {
-                        assert_eq!(names[https], "https");
-                        if let Some(http) = http {
-                            assert_eq!(names[http], "http");
+            for required in [&[Role::Https, Role::Http][..], &[Role::Https][..]] {
+                match map_names(&names, required) {
+                    Ok(map) => {
+                        for role in Role::ALL {
+                            if let Some(index) = map.get(role) {
+                                assert_eq!(names[index], role.name());
+                            }
                         }
-                        assert!(expect == Expect::HttpsOnly || http.is_some());
-                        assert!(names.iter().all(|n| n == "http" || n == "https"));
+                        assert!(required.iter().all(|role| map.get(*role).is_some()));
+                        assert!(names.iter().all(|n| Role::from_name(n).is_some()));
+                        assert_eq!(map.iter().count(), names.len());
                     }
                     Err(e) => assert!(!e.to_string().is_empty()),
                 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use axum::body::Body;
-use axum::http::{HeaderValue, Method, Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Bytes;
 
 use crate::tls::{CertificateStore, name_matches};
 
@@ -63,6 +63,9 @@ pub enum RedirectError {
     #[error("the request target is not a path")]
     BadTarget,
 }
+
+/// A [`Redirector`]'s responses: every body is in memory, whole.
+type Response = http::Response<Full<Bytes>>;
 
 /// A redirect policy that can be replaced while serving (on reload).
 pub type SharedPolicy = Arc<ArcSwap<RedirectPolicy>>;
@@ -149,17 +152,12 @@ fn redirect<B>(policy: &RedirectPolicy, request: &Request<B>) -> Response {
             // Takes the string's buffer without copying it.
             let location = HeaderValue::try_from(location)
                 .unwrap_or_else(|_| unreachable!("redirect targets are built from checked ASCII"));
-            let mut response = Response::new(Body::empty());
+            let mut response = Response::new(Full::default());
             *response.status_mut() = status;
             response.headers_mut().insert(header::LOCATION, location);
             response
         }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{e}\n"),
-        )
-            .into_response(),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 
@@ -274,22 +272,34 @@ pub fn valid_acme_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A `text/plain` answer.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 async fn serve_challenge(webroot: &Path, token: &str) -> Response {
-    let not_found = || (StatusCode::NOT_FOUND, "no such challenge\n").into_response();
+    let not_found = || text(StatusCode::NOT_FOUND, "no such challenge\n");
     if !valid_acme_token(token) {
         return not_found();
     }
     let path = webroot.join(".well-known/acme-challenge").join(token);
     match read_challenge(webroot, &path).await {
-        Ok(body) => (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "application/octet-stream"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            Body::from(body),
-        )
-            .into_response(),
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
         Err(e) => {
             tracing::debug!(path = %path.display(), "ACME challenge not served: {e}");
             not_found()
@@ -411,6 +421,81 @@ mod tests {
         check(&p, Some("h"), "http://evil.com/", Err(RedirectError::BadTarget));
         check(&p, Some("h"), "/a b", Err(RedirectError::BadTarget));
         check(&p, Some("h"), "//evil.com/", Ok("https://h//evil.com/"));
+    }
+
+    /// What the redirector answers to a GET of `target` with Host `host`:
+    /// status, headers and body.
+    fn answer(policy: RedirectPolicy, host: &str, target: &str) -> (StatusCode, Vec<(String, String)>, String) {
+        use http_body_util::BodyExt;
+        use hyper::service::Service;
+        let redirector = Redirector::new(Arc::new(ArcSwap::from_pointee(policy)));
+        let request = Request::get(target).header(header::HOST, host).body(()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let response = redirector.call(request).await.unwrap();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, String::from_utf8(body.to_vec()).unwrap())
+        })
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn answers_carry_exactly_their_headers() {
+        assert_eq!(
+            answer(policy(&["h"], None, 443), "h", "/x"),
+            (
+                StatusCode::MOVED_PERMANENTLY,
+                headers(&[("location", "https://h/x")]),
+                String::new()
+            )
+        );
+        assert_eq!(
+            answer(policy(&["h"], None, 443), "evil", "/"),
+            (
+                StatusCode::BAD_REQUEST,
+                headers(&[("content-type", "text/plain; charset=utf-8")]),
+                "unknown host; this server redirects only for its own names\n".to_owned()
+            )
+        );
+        let webroot = tempfile::tempdir().unwrap();
+        let challenges = webroot.path().join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&challenges).unwrap();
+        std::fs::write(challenges.join("token"), "token.thumbprint").unwrap();
+        let with_webroot = || RedirectPolicy {
+            acme_webroot: Some(webroot.path().to_owned()),
+            ..policy(&["h"], None, 443)
+        };
+        assert_eq!(
+            answer(with_webroot(), "h", "/.well-known/acme-challenge/token"),
+            (
+                StatusCode::OK,
+                headers(&[
+                    ("content-type", "application/octet-stream"),
+                    ("cache-control", "no-store")
+                ]),
+                "token.thumbprint".to_owned()
+            )
+        );
+        assert_eq!(
+            answer(with_webroot(), "h", "/.well-known/acme-challenge/other"),
+            (
+                StatusCode::NOT_FOUND,
+                headers(&[("content-type", "text/plain; charset=utf-8")]),
+                "no such challenge\n".to_owned()
+            )
+        );
     }
 
     #[test]

@@ -1,134 +1,27 @@
-//! The accept loop and connection handling shared by both servers.
+//! The accept loop: one [`Server`] per listening socket, bounded by
+//! [`Limits::max_connections`], handing each connection to a worker (or
+//! its own runtime) and draining them on shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Body;
-use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper::service::Service;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::deadlines::{Deadlines, Heads};
+use crate::connection::{Connection, ConnectionTask};
+use crate::handler::Handler;
+use crate::limits::{Limits, Stats};
+use crate::probe::{Probe, Questions};
 use crate::workers::Workers;
-
-/// Bounds on what one client can hold or make the server do.
-///
-/// The defaults are safe for a server on the internet; every field is
-/// configurable in lunchd's `[limits]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Time from accept to a finished TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Time to receive a request's complete headers (HTTP/1), from the
-    /// start of the connection or the end of the previous response. Like
-    /// the idle timeout, enforced within a quarter of it after it passes.
-    pub header_timeout: Duration,
-    /// Time a connection may pass without a byte read or written.
-    pub idle_timeout: Duration,
-    /// Time in-flight requests get to finish at shutdown.
-    pub drain_timeout: Duration,
-    /// Open connections per server; further clients wait in the kernel's
-    /// listen queue.
-    pub max_connections: usize,
-    /// Size of a request head (HTTP/1) or header list (HTTP/2), in bytes.
-    pub max_header_bytes: usize,
-    /// Number of header fields in an HTTP/1 request.
-    pub max_headers: usize,
-    /// Concurrent streams per HTTP/2 connection.
-    pub max_streams: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            handshake_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            max_header_bytes: 16 * 1024,
-            max_headers: 64,
-            max_streams: 100,
-        }
-    }
-}
-
-/// Counters of one server, readable while it runs.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub active: AtomicUsize,
-    /// TLS handshakes that failed or timed out.
-    pub handshake_failures: AtomicU64,
-    /// Plain-HTTP requests refused on the TLS port.
-    pub plaintext_on_tls: AtomicU64,
-}
-
-/// Asks a running server's accept loop, or a connection worker, to answer,
-/// proving that it and the runtime under it still make progress.
-#[derive(Debug, Clone)]
-pub struct Probe(Probed);
-
-#[derive(Debug, Clone)]
-enum Probed {
-    AcceptLoop(mpsc::Sender<oneshot::Sender<()>>),
-    Worker(tokio::runtime::Handle),
-}
-
-impl Probe {
-    pub(crate) fn worker(handle: tokio::runtime::Handle) -> Probe {
-        Probe(Probed::Worker(handle))
-    }
-
-    /// Whether it answered; false once the server or worker has stopped.
-    pub async fn check(&self) -> bool {
-        match &self.0 {
-            Probed::AcceptLoop(sender) => {
-                let (tx, rx) = oneshot::channel();
-                sender.send(tx).await.is_ok() && rx.await.is_ok()
-            }
-            Probed::Worker(handle) => handle.spawn(async {}).await.is_ok(),
-        }
-    }
-}
-
-/// What answers a server's requests: a hyper service, cloned for each
-/// connection, such as [`Redirector`](crate::redirect::Redirector) or an
-/// axum router through [`tower_handler`](crate::tower_handler).
-pub trait Handler:
-    Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S> Handler for S where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
 
 /// One server on one listening socket: plain HTTP/1.1, or TLS with HTTP/2
 /// and HTTP/1.1 chosen by ALPN.
@@ -140,8 +33,8 @@ pub struct Server<S> {
     tls: Option<TlsAcceptor>,
     workers: Option<Workers>,
     stats: Arc<Stats>,
-    probe_tx: mpsc::Sender<oneshot::Sender<()>>,
-    probe_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    probe: Probe,
+    questions: Questions,
 }
 
 impl<S> std::fmt::Debug for Server<S> {
@@ -156,27 +49,23 @@ impl<S> std::fmt::Debug for Server<S> {
 }
 
 impl<S: Handler> Server<S> {
-    /// A plain HTTP/1.1 server. `listener` must be non-blocking; call from
-    /// within a tokio runtime.
-    pub fn plain(
-        name: &'static str,
-        listener: std::net::TcpListener,
-        handler: S,
-        limits: Limits,
-    ) -> io::Result<Server<S>> {
-        Server::new(name, listener, handler, limits, None)
+    /// A plain HTTP/1.1 server on `listener`, answered by `handler` within
+    /// `limits`. `listener` must be non-blocking; call from within a tokio
+    /// runtime.
+    pub fn plain(listener: std::net::TcpListener, handler: S, limits: Limits) -> io::Result<Server<S>> {
+        Server::new("http", listener, handler, limits, None)
     }
 
-    /// A TLS server. `listener` must be non-blocking; call from within a
-    /// tokio runtime.
+    /// A TLS server on `listener`, with HTTP/2 or HTTP/1.1 as the client's
+    /// ALPN chooses, answered by `handler` within `limits`. `listener` must
+    /// be non-blocking; call from within a tokio runtime.
     pub fn tls(
-        name: &'static str,
         listener: std::net::TcpListener,
+        tls: Arc<ServerConfig>,
         handler: S,
         limits: Limits,
-        config: Arc<ServerConfig>,
     ) -> io::Result<Server<S>> {
-        Server::new(name, listener, handler, limits, Some(TlsAcceptor::from(config)))
+        Server::new("https", listener, handler, limits, Some(TlsAcceptor::from(tls)))
     }
 
     fn new(
@@ -187,7 +76,7 @@ impl<S: Handler> Server<S> {
         tls: Option<TlsAcceptor>,
     ) -> io::Result<Server<S>> {
         let listener = TcpListener::from_std(listener)?;
-        let (probe_tx, probe_rx) = mpsc::channel(4);
+        let (probe, questions) = Probe::accept_loop();
         Ok(Server {
             name,
             listener,
@@ -196,9 +85,15 @@ impl<S: Handler> Server<S> {
             tls,
             workers: None,
             stats: Arc::default(),
-            probe_tx,
-            probe_rx,
+            probe,
+            questions,
         })
+    }
+
+    /// Names the server in its log lines: `http` or `https` unless named.
+    pub fn named(mut self, name: &'static str) -> Server<S> {
+        self.name = name;
+        self
     }
 
     /// Serves connections on `workers` instead of the runtime that runs
@@ -215,7 +110,7 @@ impl<S: Handler> Server<S> {
 
     /// A handle to check the server is alive.
     pub fn probe(&self) -> Probe {
-        Probe(Probed::AcceptLoop(self.probe_tx.clone()))
+        self.probe.clone()
     }
 
     /// The server's counters.
@@ -234,10 +129,11 @@ impl<S: Handler> Server<S> {
             tls,
             workers,
             stats,
-            probe_tx,
-            mut probe_rx,
+            probe,
+            mut questions,
         } = self;
-        drop(probe_tx);
+        // Once every probe handed out is gone, no question can come.
+        drop(probe);
         let conn = Arc::new(Connection::new(handler, &limits, tls));
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
@@ -249,9 +145,7 @@ impl<S: Handler> Server<S> {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(reply) = probe_rx.recv() => {
-                    let _ = reply.send(());
-                }
+                Some(question) = questions.next() => question.answer(),
                 acquired = Arc::clone(&slots).acquire_owned(), if permit.is_none() => {
                     permit = acquired.ok();
                     full_since_warned = false;
@@ -264,7 +158,7 @@ impl<S: Handler> Server<S> {
                             stats: Arc::clone(&stats),
                             watcher: graceful.watcher(),
                             stopping: stopping.clone(),
-                            _permit: permit.take(),
+                            permit: permit.take(),
                         };
                         match &workers {
                             Some(workers) => {
@@ -321,196 +215,71 @@ async fn accept_error(name: &'static str, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// What every connection of one server shares.
-struct Connection<S> {
-    handler: S,
-    tls: Option<TlsAcceptor>,
-    http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
-    handshake_timeout: Duration,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-}
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-impl<S> Connection<S> {
-    fn new(handler: S, limits: &Limits, tls: Option<TlsAcceptor>) -> Connection<S> {
-        let mut http1 = http1::Builder::new();
-        // `Deadlines` enforces the header timeout without a timer per request.
-        http1
-            .header_read_timeout(None)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(256));
-        // No keep-alive PINGs: a client answering them would count as
-        // progress and keep an idle connection open past `idle_timeout`
-        // for ever. `Deadlines` already closes idle and dead connections.
-        Connection {
-            handler,
-            tls,
-            http1,
-            http2,
-            handshake_timeout: limits.handshake_timeout,
-            header_timeout: limits.header_timeout,
-            idle_timeout: limits.idle_timeout,
-        }
+    use super::*;
+    use crate::testing::redirector;
+
+    fn listener() -> std::net::TcpListener {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        listener
     }
-}
 
-struct ConnectionTask<S> {
-    conn: Arc<Connection<S>>,
-    stats: Arc<Stats>,
-    /// Held until the connection ends, so that the drain waits for it.
-    watcher: Watcher,
-    /// Becomes true when the server stops accepting.
-    stopping: watch::Receiver<bool>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl<S: Handler> ConnectionTask<S> {
-    async fn run(self, stream: TcpStream, peer: SocketAddr) {
-        let _open = OpenConnection::new(&self.stats);
-        let _ = stream.set_nodelay(true);
-        let conn = Arc::clone(&self.conn);
-        let service = conn.handler.clone();
-        match &conn.tls {
-            None => {
-                if let Err(e) = serve_http1(&conn, stream, service, self.stopping).await {
-                    tracing::debug!(%peer, "http connection ended: {e}");
-                }
-            }
-            Some(acceptor) => match timeout(conn.handshake_timeout, handshake(acceptor, stream)).await {
-                Ok(Ok(Handshake::Tls(tls))) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let served = if h2 {
-                        let io = TokioIo::new(Deadlines::idle(tls, conn.idle_timeout));
-                        self.watcher.watch(conn.http2.serve_connection(io, service)).await
-                    } else {
-                        serve_http1(&conn, tls, service, self.stopping).await
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, "https connection ended: {e}");
-                    }
-                }
-                Ok(Ok(Handshake::Plaintext)) => {
-                    self.stats.plaintext_on_tls.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Ok(Handshake::Closed)) => {}
-                Ok(Err(e)) => {
-                    self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                }
-                Err(_) => {
-                    self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                }
-            },
-        }
+    async fn get(client: &mut TcpStream) -> String {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        response
     }
-}
 
-/// How long a connection that has not delivered its first request yet is
-/// given for it when the server stops: enough for a request in transit
-/// (a round trip or two), short enough that a client that connected and
-/// stays silent, such as a browser's preconnect, does not hold up a restart.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
-
-/// Serves one HTTP/1 connection, with its idle and header deadlines; when
-/// the server stops, shuts it down gracefully. A connection that has not yet delivered a request first gets
-/// [`FIRST_REQUEST_GRACE`] (at most the header timeout) for it: its client
-/// has sent the request, or is sending it, and closing the connection as
-/// idle would lose it (a restart right after a client connected). HTTP/2
-/// needs no such wait: its GOAWAY tells the client which requests were not
-/// served.
-async fn serve_http1<I, S: Handler>(
-    conn: &Connection<S>,
-    io: I,
-    service: S,
-    mut stopping: watch::Receiver<bool>,
-) -> hyper::Result<()>
-where
-    I: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let heads = Heads::default();
-    let io = Deadlines::http1(io, conn.idle_timeout, conn.header_timeout, heads.clone());
-    let request_seen = Arc::new(Notify::new());
-    let seen = Arc::clone(&request_seen);
-    let service = hyper::service::service_fn(move |request| {
-        // Only the first request matters to the drain; a stored permit
-        // makes `notified()` return at once, however late the drain starts.
-        if heads.arrived() == 0 {
-            seen.notify_one();
-        }
-        service.call(request)
-    });
-    let mut served = pin!(conn.http1.serve_connection(TokioIo::new(io), service));
-    let stop = async {
-        let _ = stopping.wait_for(|stop| *stop).await;
-        let grace = conn.header_timeout.min(FIRST_REQUEST_GRACE);
-        let _ = timeout(grace, request_seen.notified()).await;
-    };
-    tokio::select! {
-        result = served.as_mut() => return result,
-        () = stop => {}
+    #[tokio::test]
+    async fn clients_beyond_the_connection_limit_wait_for_a_free_slot() {
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let server = Server::plain(listener(), redirector(), limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let stats = server.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::spawn(async move { get(&mut second).await });
+        // The second client sits in the listen queue for as long as the
+        // first one holds the only slot...
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
+        assert!(!waiting.is_finished());
+        // ...and is served once it is free.
+        drop(first);
+        let response = timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+        assert!(response.starts_with("HTTP/1.1 301 "), "{response}");
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 2);
+        stop.send(()).unwrap();
+        running.await.unwrap();
     }
-    served.as_mut().graceful_shutdown();
-    served.await
-}
 
-/// Counts a connection as open for as long as it lives, however its task
-/// ends.
-struct OpenConnection(Arc<Stats>);
-
-impl OpenConnection {
-    fn new(stats: &Arc<Stats>) -> OpenConnection {
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(Arc::clone(stats))
+    #[tokio::test]
+    async fn the_probe_answers_while_the_loop_runs() {
+        let server = Server::plain(listener(), redirector(), Limits::default()).unwrap();
+        let probe = server.probe();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        assert!(probe.check().await);
+        stop.send(()).unwrap();
+        running.await.unwrap();
+        assert!(!probe.check().await, "a stopped server answered");
     }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-enum Handshake {
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Plaintext,
-    Closed,
-}
-
-/// The first byte of a TLS connection is a handshake record (0x16). Anything
-/// else is most likely `http://` sent to the HTTPS port: answer it in plain
-/// text instead of a TLS alert the client cannot show.
-async fn handshake(acceptor: &TlsAcceptor, mut stream: TcpStream) -> io::Result<Handshake> {
-    let mut first = [0u8; 1];
-    if stream.peek(&mut first).await? == 0 {
-        return Ok(Handshake::Closed);
-    }
-    if first[0] != 0x16 {
-        refuse_plaintext(&mut stream).await;
-        return Ok(Handshake::Plaintext);
-    }
-    Ok(Handshake::Tls(Box::new(acceptor.accept(stream).await?)))
-}
-
-async fn refuse_plaintext(stream: &mut TcpStream) {
-    const BODY: &str = "This port speaks HTTPS only; use an https:// address.\n";
-    // Read what the client sent so closing does not reset the connection
-    // before it has read the answer.
-    let mut request = [0u8; 4096];
-    let _ = timeout(Duration::from_millis(100), stream.read(&mut request)).await;
-    let response = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }

@@ -2,20 +2,70 @@
 //! when the process was started by hand.
 //!
 //! systemd's socket activation protocol (`sd_listen_fds(3)`) passes
-//! descriptors from fd 3 on, with `LISTEN_PID` naming the process they are
-//! meant for, `LISTEN_FDS` their count and `LISTEN_FDNAMES` a `:`-separated
-//! name for each. When the sockets come from two socket units their order
-//! varies between starts, so they are only ever looked up by name.
+//! descriptors from fd 3 ([`SD_LISTEN_FDS_START`]) on, with `LISTEN_PID`
+//! naming the process they are meant for, `LISTEN_FDS` their count and
+//! `LISTEN_FDNAMES` a `:`-separated name for each. When the sockets come
+//! from two socket units their order varies between starts, so they are
+//! only ever looked up by name, and each name has a [`Role`].
+//!
+//! This module is the only place in lunchd that turns a descriptor number
+//! into a socket.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+/// The first descriptor systemd passes, as `sd-daemon.h` defines it.
+pub const SD_LISTEN_FDS_START: RawFd = 3;
+
 /// The name of the socket that gets the plain-HTTP redirect server.
-pub const HTTP: &str = "http";
+pub const HTTP: &str = Role::Http.name();
 /// The name of the socket that gets the TLS server.
-pub const HTTPS: &str = "https";
+pub const HTTPS: &str = Role::Https.name();
+
+/// What a named socket is for. Its name is what `FileDescriptorName=`
+/// gives the socket in its unit.
+///
+/// A new kind of socket (a `metrics` or `quic` one) is a new variant here,
+/// its name in [`Role::name`] and an entry in [`Role::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `http`: the plain-HTTP redirect server.
+    Http,
+    /// `https`: the TLS server.
+    Https,
+}
+
+impl Role {
+    /// Every role, in the order names are listed in messages.
+    pub const ALL: [Role; 2] = [Role::Http, Role::Https];
+
+    /// The socket name of the role.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Http => "http",
+            Role::Https => "https",
+        }
+    }
+
+    /// The role of a socket name, if it has one.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The socket activation variables as found in the environment, unparsed.
 /// The caller reads the environment; this crate only interprets it.
@@ -27,15 +77,6 @@ pub struct ListenEnv<'a> {
     pub fds: Option<&'a str>,
     /// `LISTEN_FDNAMES`.
     pub names: Option<&'a str>,
-}
-
-/// Which sockets the service needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// Both `http` and `https`.
-    Both,
-    /// Only `https`: the service is configured without a redirect server.
-    HttpsOnly,
 }
 
 /// A wrong socket setup, with what to change.
@@ -72,10 +113,11 @@ pub enum SocketError {
         /// Descriptors given.
         fds: usize,
     },
-    /// A name this service does not use.
+    /// A name no role has.
     #[error(
-        "socket {index} is named `{name}`; lunchd knows only `http` and `https`; \
-         fix FileDescriptorName= in the socket unit"
+        "socket {index} is named `{name}`; lunchd knows only {known}; \
+         fix FileDescriptorName= in the socket unit",
+        known = known_names()
     )]
     UnknownName {
         /// Position (0 is fd 3).
@@ -94,22 +136,24 @@ pub enum SocketError {
     },
     /// A needed socket is missing.
     #[error(
-        "no socket named `{name}` was passed; add a socket unit with FileDescriptorName={name} \
-         to the service's Sockets={hint}"
+        "no socket named `{role}` was passed; add a socket unit with FileDescriptorName={role} \
+         to the service's Sockets="
     )]
     Missing {
-        /// The missing name.
-        name: &'static str,
-        /// Extra advice.
-        hint: &'static str,
+        /// The role no socket was passed for.
+        role: Role,
     },
+    /// The inherited sockets were taken already: each descriptor has one
+    /// owner.
+    #[error("the inherited sockets were taken already; take them once, at start")]
+    AlreadyAdopted,
     /// The descriptor is not a TCP stream socket.
     #[error("socket `{name}` (fd {fd}) is not a TCP stream socket: {source}; use ListenStream= with a port or address")]
     NotTcp {
         /// Its name.
         name: String,
         /// The descriptor number.
-        fd: usize,
+        fd: RawFd,
         /// What the check said.
         source: io::Error,
     },
@@ -119,7 +163,7 @@ pub enum SocketError {
         /// Its name.
         name: String,
         /// The descriptor number.
-        fd: usize,
+        fd: RawFd,
     },
     /// Binding a fallback address failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -131,13 +175,42 @@ pub enum SocketError {
     },
 }
 
-/// The listeners the servers run on.
-#[derive(Debug)]
-pub struct Listeners {
-    /// For the redirect server; absent when configured HTTPS-only.
-    pub http: Option<TcpListener>,
-    /// For the TLS server.
-    pub https: TcpListener,
+/// `` `http` and `https` ``: the names of [`Role::ALL`], for messages.
+fn known_names() -> String {
+    let names: Vec<String> = Role::ALL.iter().map(|role| format!("`{role}`")).collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// Which descriptor (its position, 0 for fd 3) carries each role's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoleMap([Option<usize>; Role::ALL.len()]);
+
+impl RoleMap {
+    /// The position of `role`'s socket, if one was passed.
+    pub fn get(&self, role: Role) -> Option<usize> {
+        self.0[role.index()]
+    }
+
+    /// Every role a socket was passed for, with its position.
+    pub fn iter(&self) -> impl Iterator<Item = (Role, usize)> + '_ {
+        Role::ALL.into_iter().filter_map(|role| Some((role, self.get(role)?)))
+    }
+}
+
+/// The listeners systemd passed, by role.
+#[derive(Debug, Default)]
+pub struct Listeners([Option<TcpListener>; Role::ALL.len()]);
+
+impl Listeners {
+    /// Takes `role`'s listener out; [`SocketError::Missing`] if there is
+    /// none (or it was taken before).
+    pub fn take(&mut self, role: Role) -> Result<TcpListener, SocketError> {
+        self.0[role.index()].take().ok_or(SocketError::Missing { role })
+    }
 }
 
 /// Interprets the socket activation variables.
@@ -179,72 +252,118 @@ pub fn parse_listen_env(env: ListenEnv<'_>, our_pid: u32) -> Result<Option<Vec<S
     Ok(Some(names))
 }
 
-/// Which descriptor index carries each name: `(http, https)`.
+/// Which descriptor carries each role, checking that every name has a role,
+/// no name is used twice and every role in `required` is there (in the
+/// order given: the first one missing is reported).
 ///
 /// Pure, so the rules are testable without descriptors.
-pub fn map_names(names: &[String], expect: Expect) -> Result<(Option<usize>, usize), SocketError> {
-    let mut http = None;
-    let mut https = None;
+pub fn map_names(names: &[String], required: &[Role]) -> Result<RoleMap, SocketError> {
+    let mut map = RoleMap::default();
     for (index, name) in names.iter().enumerate() {
-        let slot = match name.as_str() {
-            HTTP => &mut http,
-            HTTPS => &mut https,
-            _ => {
-                return Err(SocketError::UnknownName {
-                    index,
-                    name: name.clone(),
-                });
-            }
+        let Some(role) = Role::from_name(name) else {
+            return Err(SocketError::UnknownName {
+                index,
+                name: name.clone(),
+            });
         };
-        if slot.replace(index).is_some() {
+        if map.0[role.index()].replace(index).is_some() {
             return Err(SocketError::DuplicateName { name: name.clone() });
         }
     }
-    let https = https.ok_or(SocketError::Missing { name: HTTPS, hint: "" })?;
-    if expect == Expect::Both && http.is_none() {
-        return Err(SocketError::Missing {
-            name: HTTP,
-            hint: ", or set `redirect = false` under [http] to run HTTPS only",
-        });
+    if let Some(&role) = required.iter().find(|role| map.get(**role).is_none()) {
+        return Err(SocketError::Missing { role });
     }
-    Ok((http, https))
+    Ok(map)
 }
 
-/// Takes the named inherited sockets out of `fds`.
+/// Whether the inherited descriptors have been taken.
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of the inherited sockets, named by `names` (from
+/// [`parse_listen_env`]); call once, at start.
 ///
-/// `names` comes from [`parse_listen_env`]. Each socket is checked to be a
-/// listening TCP socket and switched to non-blocking mode, as tokio needs.
-/// A socket named `http` is used even when `expect` is
-/// [`Expect::HttpsOnly`]: it is the caller's choice to drop it.
-pub fn adopt(fds: &mut listenfd::ListenFd, names: &[String], expect: Expect) -> Result<Listeners, SocketError> {
-    let (http, https) = map_names(names, expect)?;
-    let take = |fds: &mut listenfd::ListenFd, index: usize| -> Result<TcpListener, SocketError> {
-        let name = names[index].clone();
-        let fd = index + 3;
-        let listener = match fds.take_tcp_listener(index) {
-            Ok(Some(listener)) => listener,
-            Ok(None) => {
-                return Err(SocketError::NotTcp {
-                    name,
-                    fd,
-                    source: io::Error::other("the descriptor was already taken"),
-                });
-            }
-            Err(source) => return Err(SocketError::NotTcp { name, fd, source }),
+/// Each socket is checked to be a listening TCP socket, marked close-on-exec
+/// and switched to non-blocking mode, as tokio needs. Every named socket is
+/// taken, also those of roles not in `required`: dropping them is the
+/// caller's choice.
+pub fn adopt(names: &[String], required: &[Role]) -> Result<Listeners, SocketError> {
+    let map = map_names(names, required)?;
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(SocketError::AlreadyAdopted);
+    }
+    let mut listeners = Listeners::default();
+    for (role, index) in map.iter() {
+        let name = role.name().to_owned();
+        // At most 1024 descriptors, so no overflow.
+        let fd = SD_LISTEN_FDS_START + index as RawFd;
+        // SAFETY: the service manager passed descriptors SD_LISTEN_FDS_START
+        // .. SD_LISTEN_FDS_START + LISTEN_FDS to this process
+        // (`parse_listen_env` checked LISTEN_PID), and nothing in the process
+        // owns them but this function: `ADOPTED` lets it run once, and
+        // `map_names` gives each position one role. The borrow only asks
+        // the kernel about the descriptor; a descriptor that is not open or
+        // not a listening TCP socket fails the check (EBADF, ENOTSOCK...)
+        // before ownership is taken, so no other kind of file is ever
+        // closed as a socket.
+        #[allow(unsafe_code)]
+        let listener = unsafe {
+            check_listening_tcp(BorrowedFd::borrow_raw(fd), &name, fd)?;
+            TcpListener::from_raw_fd(fd)
         };
-        match SockRef::from(&listener).is_listener() {
-            Ok(true) => {}
-            Ok(false) => return Err(SocketError::NotListening { name, fd }),
-            Err(source) => return Err(SocketError::NotTcp { name, fd, source }),
-        }
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| SocketError::NotTcp { name, fd, source })?;
-        Ok(listener)
+        let prepare = || -> io::Result<()> {
+            SockRef::from(&listener).set_cloexec(true)?;
+            listener.set_nonblocking(true)
+        };
+        prepare().map_err(|source| SocketError::NotTcp {
+            name: name.clone(),
+            fd,
+            source,
+        })?;
+        listeners.0[role.index()] = Some(listener);
+    }
+    Ok(listeners)
+}
+
+/// Whether `socket` is a listening TCP socket over IPv4 or IPv6.
+fn check_listening_tcp(socket: BorrowedFd<'_>, name: &str, fd: RawFd) -> Result<(), SocketError> {
+    let socket = SockRef::from(&socket);
+    let not_tcp = |source| SocketError::NotTcp {
+        name: name.to_owned(),
+        fd,
+        source,
     };
-    let http = http.map(|index| take(fds, index)).transpose()?;
-    let https = take(fds, https)?;
-    Ok(Listeners { http, https })
+    let kind = socket.r#type().map_err(not_tcp)?;
+    let domain = socket.domain().map_err(not_tcp)?;
+    if kind != Type::STREAM || !(domain == Domain::IPV4 || domain == Domain::IPV6) {
+        return Err(not_tcp(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {} socket", describe(domain, kind)),
+        )));
+    }
+    match socket.is_listener() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SocketError::NotListening {
+            name: name.to_owned(),
+            fd,
+        }),
+        Err(source) => Err(not_tcp(source)),
+    }
+}
+
+fn describe(domain: Domain, kind: Type) -> String {
+    let domain = match domain {
+        Domain::IPV4 => "an IPv4".to_owned(),
+        Domain::IPV6 => "an IPv6".to_owned(),
+        Domain::UNIX => "a Unix".to_owned(),
+        other => format!("a {other:?}"),
+    };
+    let kind = match kind {
+        Type::STREAM => "stream".to_owned(),
+        Type::DGRAM => "datagram".to_owned(),
+        Type::SEQPACKET => "seqpacket".to_owned(),
+        other => format!("{other:?}"),
+    };
+    format!("{domain} {kind}")
 }
 
 /// Binds `addr` the way a socket unit would: `SO_REUSEADDR`, IPv6 sockets
@@ -335,34 +454,82 @@ mod tests {
 
     #[test]
     fn names_map_by_name_not_position() {
-        assert_eq!(
-            map_names(&names(&["http", "https"]), Expect::Both).unwrap(),
-            (Some(0), 1)
-        );
-        assert_eq!(
-            map_names(&names(&["https", "http"]), Expect::Both).unwrap(),
-            (Some(1), 0)
-        );
-        assert_eq!(map_names(&names(&["https"]), Expect::HttpsOnly).unwrap(), (None, 0));
-        assert_eq!(
-            map_names(&names(&["http", "https"]), Expect::HttpsOnly).unwrap(),
-            (Some(0), 1)
-        );
+        use Role::{Http, Https};
+        let map = |n: &[&str], required: &[Role]| {
+            let map = map_names(&names(n), required).unwrap();
+            (map.get(Http), map.get(Https))
+        };
+        assert_eq!(map(&["http", "https"], &[Https, Http]), (Some(0), Some(1)));
+        assert_eq!(map(&["https", "http"], &[Https, Http]), (Some(1), Some(0)));
+        assert_eq!(map(&["https"], &[Https]), (None, Some(0)));
+        assert_eq!(map(&["http", "https"], &[Https]), (Some(0), Some(1)));
+    }
+
+    #[test]
+    fn roles_and_names_agree() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_name(role.name()), Some(role));
+            assert_eq!(Role::ALL[role.index()], role);
+        }
+        assert_eq!(Role::from_name("web"), None);
+        assert_eq!((HTTP, HTTPS), ("http", "https"));
     }
 
     #[test]
     fn wrong_names_say_what_to_fix() {
-        let err = |n: &[&str], e| map_names(&names(n), e).unwrap_err().to_string();
+        use Role::{Http, Https};
+        let err = |n: &[&str], required: &[Role]| map_names(&names(n), required).unwrap_err().to_string();
         assert_eq!(
-            err(&["https"], Expect::Both),
+            err(&["https"], &[Https, Http]),
             "no socket named `http` was passed; add a socket unit with FileDescriptorName=http to the service's \
-             Sockets=, or set `redirect = false` under [http] to run HTTPS only"
+             Sockets="
         );
         assert_eq!(
-            err(&["http"], Expect::Both),
+            err(&["http"], &[Https, Http]),
             "no socket named `https` was passed; add a socket unit with FileDescriptorName=https to the service's Sockets="
         );
-        assert!(err(&["https", "https"], Expect::Both).starts_with("two sockets are named `https`"));
-        assert!(err(&["http", "web"], Expect::Both).starts_with("socket 1 is named `web`"));
+        assert!(err(&["https", "https"], &[Https, Http]).starts_with("two sockets are named `https`"));
+        assert_eq!(
+            err(&["http", "web"], &[Https, Http]),
+            "socket 1 is named `web`; lunchd knows only `http` and `https`; fix FileDescriptorName= in the socket unit"
+        );
+    }
+
+    fn check_fd(fd: &impl std::os::fd::AsFd) -> Result<(), String> {
+        check_listening_tcp(fd.as_fd(), "https", 3).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn only_listening_tcp_sockets_pass_the_check() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(check_fd(&listener), Ok(()));
+        let v6 = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        v6.bind(&"[::1]:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        v6.listen(1).unwrap();
+        assert_eq!(check_fd(&v6), Ok(()));
+
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            check_fd(&client),
+            Err("socket `https` (fd 3) is not listening; use ListenStream= and Accept=no in the socket unit".into())
+        );
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            check_fd(&udp),
+            Err(
+                "socket `https` (fd 3) is not a TCP stream socket: it is an IPv4 datagram socket; \
+                 use ListenStream= with a port or address"
+                    .into()
+            )
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        assert!(check_fd(&unix).unwrap_err().contains("it is a Unix stream socket"));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(
+            check_fd(&file)
+                .unwrap_err()
+                .starts_with("socket `https` (fd 3) is not a TCP stream socket: ")
+        );
     }
 }

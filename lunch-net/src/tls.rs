@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -123,20 +123,20 @@ pub enum CertificateError {
         chain: PathBuf,
     },
     /// The leaf certificate has expired.
-    #[error("the certificate in {} expired on {not_after}; renew it", path.display())]
+    #[error("the certificate in {} expired on {}; renew it", path.display(), Utc(*not_after))]
     Expired {
         /// The chain file.
         path: PathBuf,
-        /// When it expired (UTC).
-        not_after: String,
+        /// When it expired.
+        not_after: SystemTime,
     },
     /// The leaf certificate is not valid yet.
-    #[error("the certificate in {} is not valid before {not_before}; is the clock right?", path.display())]
+    #[error("the certificate in {} is not valid before {}; is the clock right?", path.display(), Utc(*not_before))]
     NotYetValid {
         /// The chain file.
         path: PathBuf,
-        /// When it becomes valid (UTC).
-        not_before: String,
+        /// When it becomes valid.
+        not_before: SystemTime,
     },
 }
 
@@ -149,10 +149,10 @@ pub struct CertificateInfo {
     pub names: Vec<String>,
     /// The serial number, hex.
     pub serial: String,
-    /// Start of validity, seconds since the epoch.
-    pub not_before: i64,
-    /// End of validity, seconds since the epoch.
-    pub not_after: i64,
+    /// Start of validity (whole seconds, as certificates give it).
+    pub not_before: SystemTime,
+    /// End of validity (whole seconds, as certificates give it).
+    pub not_after: SystemTime,
     /// Where it was loaded from.
     pub source: String,
 }
@@ -165,7 +165,7 @@ impl fmt::Display for CertificateInfo {
             self.subject,
             self.serial,
             self.names.join(" "),
-            format_utc(self.not_after)
+            Utc(self.not_after)
         )
     }
 }
@@ -219,17 +219,19 @@ impl LoadedCertificate {
         }
         let mut info = describe(&certified.cert[0], chain_path)?;
         info.source = chain_path.display().to_string();
-        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        if now > info.not_after {
+        // Validity is given in whole seconds, and its last second counts
+        // as valid throughout.
+        let now = unix_seconds(now);
+        if now > unix_seconds(info.not_after) {
             return Err(CertificateError::Expired {
                 path: chain_path.to_owned(),
-                not_after: format_utc(info.not_after),
+                not_after: info.not_after,
             });
         }
-        if now < info.not_before {
+        if now < unix_seconds(info.not_before) {
             return Err(CertificateError::NotYetValid {
                 path: chain_path.to_owned(),
-                not_before: format_utc(info.not_before),
+                not_before: info.not_before,
             });
         }
         Ok(LoadedCertificate {
@@ -462,8 +464,8 @@ fn describe(leaf: &CertificateDer<'_>, path: &Path) -> Result<CertificateInfo, C
         subject: cert.subject().to_string(),
         names,
         serial: cert.raw_serial_as_string().replace(':', ""),
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
+        not_before: system_time(cert.validity().not_before.timestamp()),
+        not_after: system_time(cert.validity().not_after.timestamp()),
         source: String::new(),
     })
 }
@@ -481,11 +483,52 @@ pub(crate) fn name_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch.
-pub fn format_utc(secs: i64) -> String {
-    let date = lunch_core::Date::from_days_since_epoch(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!("{date} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+/// Seconds since the epoch, negative before it; whole seconds, rounded down.
+fn unix_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let before = before.duration();
+            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            if before.subsec_nanos() > 0 { -secs - 1 } else { -secs }
+        }
+    }
+}
+
+fn system_time(unix_seconds: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(unix_seconds.unsigned_abs());
+    if unix_seconds >= 0 {
+        UNIX_EPOCH + magnitude
+    } else {
+        UNIX_EPOCH - magnitude
+    }
+}
+
+/// Shows a time as `YYYY-MM-DD HH:MM:SS UTC`, through x509-parser's
+/// calendar (the one that read the certificate's dates).
+struct Utc(SystemTime);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = unix_seconds(self.0);
+        match x509_parser::time::ASN1Time::from_timestamp(secs) {
+            Ok(time) => {
+                let t = time.to_datetime();
+                write!(
+                    f,
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            }
+            // Beyond the years 9999 either way; no certificate says so.
+            Err(_) => write!(f, "{secs} s after 1970-01-01 00:00:00 UTC"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -539,7 +582,18 @@ mod tests {
 
     #[test]
     fn utc_formatting() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_utc(1_795_824_000 + 3661), "2026-11-28 01:01:01 UTC");
+        let utc = |secs| Utc(system_time(secs)).to_string();
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_824_000 + 3661), "2026-11-28 01:01:01 UTC");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn seconds_round_down_on_both_sides_of_the_epoch() {
+        for secs in [-86_401, -1, 0, 1, 1_795_824_000] {
+            assert_eq!(unix_seconds(system_time(secs)), secs);
+            assert_eq!(unix_seconds(system_time(secs) + Duration::from_millis(500)), secs);
+        }
     }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::server::Probe;
+use crate::probe::Probe;
 
 /// A pool of connection workers, one thread each. Cheap to clone; all
 /// clones share the same threads.

@@ -20,7 +20,7 @@ async fn one_connection(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut server = Server::plain("http", listener, lunch_net::tower_handler(router), limits).unwrap();
+    let mut server = Server::plain(listener, lunch_net::tower_handler(router), limits).unwrap();
     if let Some(workers) = workers {
         server = server.with_workers(workers);
     }

@@ -20,7 +20,7 @@ fn start(workers: &Workers) -> (std::net::SocketAddr, tokio::sync::oneshot::Send
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::plain("http", listener, lunch_net::tower_handler(router), Limits::default())
+    let server = Server::plain(listener, lunch_net::tower_handler(router), Limits::default())
         .unwrap()
         .with_workers(workers.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

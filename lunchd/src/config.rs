@@ -3,7 +3,15 @@
 //! builds the typed configuration the daemon runs with.
 //!
 //! Every problem is reported, not just the first, each with the file, the
-//! key, and the line and column.
+//! key, and the line and column. The positions come from toml itself: its
+//! parser's for syntax errors, its deserializer's for unknown keys and wrong
+//! types (the key is the path serde was at), and the [`Spanned`] values of
+//! [`raw`] for everything [`Config::from_raw`] refuses; a missing key points
+//! at the table it belongs in.
+//!
+//! `[limits]` is described once, in [`LIMITS`]: the keys serde accepts,
+//! their ranges, and (by tests) their part of docs/configuration.md and of
+//! deploy/lunchd.toml.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,27 +22,180 @@ use std::time::Duration;
 
 use lunch_core::{DishSpec, Menu, Mode};
 use lunch_net::Limits;
-use serde::Deserialize;
+use serde_path_to_error::Segment;
+use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 /// Where lunchd looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/lunchd/lunchd.toml";
 
-/// The TOML as written: every key optional except where noted, unknown keys
-/// refused.
+/// What a limit's number counts, for its documentation and its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Whole seconds.
+    Seconds,
+    /// Connections, bytes, fields or streams: the key's name says which.
+    Count,
+}
+
+impl Unit {
+    /// The type column of docs/configuration.md.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Seconds => "seconds",
+            Unit::Count => "integer",
+        }
+    }
+
+    /// What follows a range in messages: `1 to 30 seconds`.
+    fn suffix(self) -> &'static str {
+        match self {
+            Unit::Seconds => " seconds",
+            Unit::Count => "",
+        }
+    }
+}
+
+/// One key of `[limits]`: what validation accepts and what the docs and the
+/// example file say about it.
+#[derive(Debug)]
+pub struct LimitSpec {
+    /// The key in `[limits]`.
+    pub key: &'static str,
+    /// What the number counts.
+    pub unit: Unit,
+    /// The smallest value accepted.
+    pub min: u64,
+    /// The largest value accepted.
+    pub max: u64,
+    /// What it bounds, without a final period.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    pub doc: &'static str,
+    /// The value in [`Limits`].
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    get: fn(&Limits) -> u64,
+    /// Sets the value in [`Limits`], once it is in range.
+    set: fn(&mut Limits, u64),
+}
+
+impl LimitSpec {
+    /// The value when the key is absent: lunch-net's default.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the docs test reads it"))]
+    pub fn default_value(&self) -> u64 {
+        (self.get)(&Limits::default())
+    }
+}
+
+/// Every key of `[limits]`, in the order the docs list them.
+pub const LIMITS: &[LimitSpec] = &[
+    LimitSpec {
+        key: "handshake_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 30,
+        doc: "From accept to a finished TLS handshake",
+        get: |l| l.handshake_timeout.as_secs(),
+        set: |l, v| l.handshake_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "header_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 30,
+        doc: "To receive an HTTP/1 request's headers, counted from the start of the connection or the end \
+              of the previous response: the slowloris bound, and how long a kept-alive HTTP/1 connection \
+              waits for its next request",
+        get: |l| l.header_timeout.as_secs(),
+        set: |l, v| l.header_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "idle_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 3600,
+        doc: "A connection without a byte read or written is closed",
+        get: |l| l.idle_timeout.as_secs(),
+        set: |l, v| l.idle_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "drain_timeout",
+        unit: Unit::Seconds,
+        min: 1,
+        max: 600,
+        doc: "At shutdown, in-flight requests get this long to finish",
+        get: |l| l.drain_timeout.as_secs(),
+        set: |l, v| l.drain_timeout = Duration::from_secs(v),
+    },
+    LimitSpec {
+        key: "max_connections",
+        unit: Unit::Count,
+        min: 1,
+        max: 1_000_000,
+        doc: "Open connections per server; further clients wait in the kernel's listen queue",
+        get: |l| l.max_connections as u64,
+        set: |l, v| l.max_connections = v as usize,
+    },
+    LimitSpec {
+        key: "max_header_bytes",
+        unit: Unit::Count,
+        min: 8192,
+        max: 1024 * 1024,
+        doc: "Bytes of a request head (HTTP/1) or header list (HTTP/2); larger requests get 431",
+        get: |l| l.max_header_bytes as u64,
+        set: |l, v| l.max_header_bytes = v as usize,
+    },
+    LimitSpec {
+        key: "max_headers",
+        unit: Unit::Count,
+        min: 8,
+        max: 1000,
+        doc: "Header fields per HTTP/1 request",
+        get: |l| l.max_headers as u64,
+        set: |l, v| l.max_headers = v as usize,
+    },
+    LimitSpec {
+        key: "max_streams",
+        unit: Unit::Count,
+        min: 1,
+        max: 10_000,
+        doc: "Concurrent streams per HTTP/2 connection",
+        get: |l| u64::from(l.max_streams),
+        // In range, so at most 10 000.
+        set: |l, v| l.max_streams = v as u32,
+    },
+];
+
+/// The keys of [`LIMITS`], for serde's "unknown field" message.
+const LIMIT_KEYS: [&str; LIMITS.len()] = {
+    let mut keys = [""; LIMITS.len()];
+    let mut i = 0;
+    while i < keys.len() {
+        keys[i] = LIMITS[i].key;
+        i += 1;
+    }
+    keys
+};
+
+/// The TOML as written: every key optional, unknown keys refused. Values
+/// that [`Config::from_raw`] may refuse are [`Spanned`], and so is the
+/// `[https]` table, for the keys it may miss.
 pub mod raw {
     use serde::Deserialize;
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+    use toml::Spanned;
+
+    use super::{LIMIT_KEYS, LIMITS, LimitSpec};
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Config {
         #[serde(default)]
         pub picker: Picker,
-        pub dish: Option<Vec<Dish>>,
+        pub dish: Option<Spanned<Vec<Spanned<Dish>>>>,
         #[serde(default)]
         pub http: Http,
-        #[serde(default)]
-        pub https: Https,
+        pub https: Option<Spanned<Https>>,
         #[serde(default)]
         pub limits: Limits,
         #[serde(default)]
@@ -44,57 +205,103 @@ pub mod raw {
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Picker {
-        pub mode: Option<String>,
+        pub mode: Option<Spanned<String>>,
         pub team: Option<String>,
-        pub utc_offset: Option<String>,
+        pub utc_offset: Option<Spanned<String>>,
     }
 
+    /// One `[[dish]]`; `name` is required, which [`Config::from_raw`]
+    /// checks so that the error can point at this table.
+    ///
+    /// [`Config::from_raw`]: super::Config::from_raw
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Dish {
-        pub name: String,
-        pub weight: Option<f64>,
-        #[serde(default)]
-        pub tags: Vec<String>,
+        pub name: Option<Spanned<String>>,
+        pub weight: Option<Spanned<f64>>,
+        pub tags: Option<Spanned<Vec<String>>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Http {
         pub redirect: Option<bool>,
-        pub listen: Option<String>,
-        pub https_port: Option<u16>,
-        pub canonical_host: Option<String>,
-        pub allowed_hosts: Option<Vec<String>>,
+        pub listen: Option<Spanned<String>>,
+        pub https_port: Option<Spanned<u16>>,
+        pub canonical_host: Option<Spanned<String>>,
+        pub allowed_hosts: Option<Vec<Spanned<String>>>,
         pub acme_webroot: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Https {
-        pub listen: Option<String>,
+        pub listen: Option<Spanned<String>>,
         pub key: Option<String>,
         pub certificate: Option<String>,
         pub hsts_max_age: Option<u64>,
     }
 
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Limits {
-        pub handshake_timeout: Option<u64>,
-        pub header_timeout: Option<u64>,
-        pub idle_timeout: Option<u64>,
-        pub drain_timeout: Option<u64>,
-        pub max_connections: Option<usize>,
-        pub max_header_bytes: Option<usize>,
-        pub max_headers: Option<usize>,
-        pub max_streams: Option<u32>,
+    /// `[limits]`: the values given, each with its key in [`LIMITS`].
+    /// Unknown keys are refused as `deny_unknown_fields` refuses them.
+    #[derive(Debug, Default)]
+    pub struct Limits(pub Vec<(&'static LimitSpec, Spanned<u64>)>);
+
+    impl<'de> Deserialize<'de> for Limits {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Limits, D::Error> {
+            deserializer.deserialize_struct("Limits", &LIMIT_KEYS, Table)
+        }
+    }
+
+    struct Table;
+
+    impl<'de> Visitor<'de> for Table {
+        type Value = Limits;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // As serde derives it for a struct, like the other tables.
+            f.write_str("struct Limits")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Limits, A::Error> {
+            let mut values = Vec::new();
+            while let Some(spec) = map.next_key_seed(Key)? {
+                values.push((spec, map.next_value()?));
+            }
+            Ok(Limits(values))
+        }
+    }
+
+    /// A key of `[limits]`, as the spec of that key.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = &'static LimitSpec;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<&'static LimitSpec, D::Error> {
+            deserializer.deserialize_identifier(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = &'static LimitSpec;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a key of [limits]")
+        }
+
+        fn visit_str<E: de::Error>(self, key: &str) -> Result<&'static LimitSpec, E> {
+            LIMITS
+                .iter()
+                .find(|spec| spec.key == key)
+                .ok_or_else(|| E::unknown_field(key, &LIMIT_KEYS))
+        }
     }
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Log {
-        pub level: Option<String>,
+        pub level: Option<Spanned<String>>,
     }
 }
 
@@ -140,7 +347,7 @@ impl Default for Config {
     fn default() -> Config {
         let raw = raw::Config::default();
         let mut errors = Vec::new();
-        let config = Config::from_raw(raw, None, &mut |_, _| errors.push(()));
+        let config = Config::from_raw(raw, None, &mut |_, _, _| errors.push(()));
         debug_assert!(errors.is_empty());
         config
     }
@@ -232,21 +439,18 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
                 .collect(),
         ));
     }
-    let spans = table.clone();
     let mut errors = Vec::new();
-    // Deserialization stops at the first problem; remove the offending entry
-    // and try again to find the others.
+    // Deserialization stops at the first problem; remove the key it is
+    // about and try again to find the others.
     let raw = loop {
-        match raw::Config::deserialize(toml::de::Deserializer::from(table.clone())) {
+        let deserializer = toml::de::Deserializer::from(table.clone());
+        match serde_path_to_error::deserialize::<_, raw::Config>(deserializer) {
             Ok(raw) => break Some(raw),
             Err(e) => {
-                let span = e.span();
-                let (key, removed) = match &span {
-                    Some(span) => remove_at(table.get_mut(), span),
-                    None => (String::new(), false),
-                };
-                errors.push(at(key, span, first_line(e.message())));
-                if !removed || errors.len() >= 100 {
+                let steps = steps(e.path());
+                let e = e.into_inner();
+                errors.push(at(dotted(&steps), e.span(), first_line(e.message())));
+                if !remove(table.get_mut(), &steps) || errors.len() >= 100 {
                     break None;
                 }
             }
@@ -256,8 +460,8 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
         return Err(ConfigErrors(errors));
     };
     // Semantic checks run on what deserialized, adding to any errors above.
-    let config = Config::from_raw(raw, Some(path), &mut |key, message| {
-        errors.push(at(key.to_owned(), span_of(spans.get_ref(), key), message));
+    let config = Config::from_raw(raw, Some(path), &mut |key, span, message| {
+        errors.push(at(key.to_owned(), Some(span), message));
     });
     if errors.is_empty() {
         Ok(config)
@@ -279,195 +483,151 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 }
 
 /// One step of a path into the TOML tree.
+#[derive(Debug)]
 enum Step {
     Key(String),
     Index(usize),
 }
 
-/// Removes the innermost table entry whose key or value contains `span`,
-/// returning its dotted path. Tables opened by a `[header]` span only the
-/// header, so the whole tree is searched, not just enclosing spans.
-fn remove_at(table: &mut DeTable<'_>, span: &Range<usize>) -> (String, bool) {
-    let Some(path) = find(table, span) else {
-        return (String::new(), false);
-    };
+/// The keys and indices of the path serde was at when it failed.
+fn steps(path: &serde_path_to_error::Path) -> Vec<Step> {
+    path.iter()
+        .filter_map(|segment| match segment {
+            // `Spanned<T>` deserializes as a map of its span and value, under
+            // private keys that are not the file's.
+            Segment::Map { key } if key.starts_with("$__serde_spanned_private") => None,
+            Segment::Map { key } => Some(Step::Key(key.clone())),
+            Segment::Seq { index } => Some(Step::Index(*index)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `http.allowed_hosts[2]`, `dish[1].weight`: indices count from 1.
+fn dotted(steps: &[Step]) -> String {
     let mut dotted = String::new();
-    for step in &path {
+    for step in steps {
         match step {
-            Step::Key(k) if dotted.is_empty() => dotted.push_str(k),
-            Step::Key(k) => {
-                dotted.push('.');
-                dotted.push_str(k);
+            Step::Key(key) => {
+                if !dotted.is_empty() {
+                    dotted.push('.');
+                }
+                dotted.push_str(key);
             }
             Step::Index(i) => dotted.push_str(&format!("[{}]", i + 1)),
         }
     }
-    (dotted, remove_path(table, &path))
+    dotted
 }
 
-fn find(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<Step>> {
-    let contains = |outer: Range<usize>| outer.start <= span.start && span.end <= outer.end;
-    for (key, value) in table.iter() {
-        let deeper = match value.get_ref() {
-            DeValue::Table(inner) => find(inner, span).map(|rest| (None, rest)),
-            DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| match item.get_ref() {
-                DeValue::Table(inner) => find(inner, span).map(|rest| (Some(i), rest)),
-                _ => None,
-            }),
-            _ => None,
-        };
-        if let Some((index, rest)) = deeper {
-            let mut path = vec![Step::Key(key.get_ref().to_string())];
-            path.extend(index.map(Step::Index));
-            path.extend(rest);
-            return Some(path);
+/// Removes the last key on `path` (with the array it may be) from `table`;
+/// false when there is no key to remove, such as for a problem with the
+/// whole file.
+fn remove(table: &mut DeTable<'_>, path: &[Step]) -> bool {
+    match path {
+        [Step::Key(key), rest @ ..] if rest.iter().all(|s| matches!(s, Step::Index(_))) => {
+            table.remove(key.as_str()).is_some()
         }
-        if contains(key.span()) || contains(value.span()) {
-            let mut path = vec![Step::Key(key.get_ref().to_string())];
-            if let DeValue::Array(items) = value.get_ref() {
-                if let Some(i) = items.iter().position(|item| contains(item.span())) {
-                    path.push(Step::Index(i));
-                }
-            }
-            return Some(path);
-        }
-    }
-    None
-}
-
-fn remove_path(table: &mut DeTable<'_>, path: &[Step]) -> bool {
-    let Some(Step::Key(key)) = path.first() else {
-        return false;
-    };
-    match &path[1..] {
-        [] | [Step::Index(_)] => table.remove(key.as_str()).is_some(),
-        [Step::Index(i), rest @ ..] => match table.get_mut(key.as_str()).map(|v| v.get_mut()) {
-            Some(DeValue::Array(items)) => match items.get_mut(*i).map(|v| v.get_mut()) {
-                Some(DeValue::Table(inner)) => remove_path(inner, rest),
-                _ => false,
-            },
-            _ => false,
-        },
-        rest => match table.get_mut(key.as_str()).map(|v| v.get_mut()) {
-            Some(DeValue::Table(inner)) => remove_path(inner, rest),
-            _ => false,
-        },
+        [Step::Key(key), rest @ ..] => table
+            .get_mut(key.as_str())
+            .is_some_and(|value| remove_in(value.get_mut(), rest)),
+        _ => false,
     }
 }
 
-/// The span of dotted `key` (as produced by [`Config::from_raw`]: `a.b`,
-/// `dish[2].weight`) in `table`, or of its nearest existing parent.
-fn span_of(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
-    let mut current = table;
-    let mut best = None;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let value = current.get(name)?;
-        best = Some(value.span());
-        let value = match (index, value.get_ref()) {
-            (Some(i), DeValue::Array(items)) => {
-                let item = items.get(i.checked_sub(1)?)?;
-                best = Some(item.span());
-                item
-            }
-            _ => value,
-        };
-        match value.get_ref() {
-            DeValue::Table(inner) => current = inner,
-            _ => break,
+fn remove_in(value: &mut DeValue<'_>, path: &[Step]) -> bool {
+    match (value, path) {
+        (DeValue::Table(table), _) => remove(table, path),
+        (DeValue::Array(items), [Step::Index(i), rest @ ..]) => {
+            items.get_mut(*i).is_some_and(|item| remove_in(item.get_mut(), rest))
         }
+        _ => false,
     }
-    best
 }
 
 impl Config {
     /// Checks meaning and fills in defaults. Problems go to `report` as
-    /// `(dotted key, message)`; the returned value is then only partly
-    /// meaningful.
-    pub fn from_raw(raw: raw::Config, source: Option<&Path>, report: &mut dyn FnMut(&str, String)) -> Config {
+    /// `(dotted key, span in the source, message)`; the returned value is
+    /// then only partly meaningful.
+    pub fn from_raw(
+        raw: raw::Config,
+        source: Option<&Path>,
+        report: &mut dyn FnMut(&str, Range<usize>, String),
+    ) -> Config {
         let menu = match raw.dish {
             None => Menu::builtin(),
-            Some(dishes) => {
-                let specs = dishes
-                    .into_iter()
-                    .map(|d| DishSpec {
-                        name: d.name,
-                        weight: d.weight,
-                        tags: d.tags,
-                    })
-                    .collect();
-                Menu::new(specs).unwrap_or_else(|errors| {
-                    for e in errors {
-                        let key = match (e.index(), e.field()) {
-                            (Some(i), Some(field)) => format!("dish[{}].{field}", i + 1),
-                            _ => "dish".to_owned(),
-                        };
-                        report(&key, e.to_string());
-                    }
-                    Menu::builtin()
-                })
-            }
+            Some(dishes) => menu(dishes, report),
         };
-        let mode = raw
-            .picker
-            .mode
-            .as_deref()
-            .map_or(Ok(Mode::default()), str::parse)
-            .unwrap_or_else(|e| {
-                report("picker.mode", e.to_string());
+        let mode = raw.picker.mode.map_or(Mode::default(), |mode| {
+            mode.get_ref().parse().unwrap_or_else(|e: lunch_core::UnknownMode| {
+                report("picker.mode", mode.span(), e.to_string());
                 Mode::default()
-            });
-        let utc_offset_minutes = raw
-            .picker
-            .utc_offset
-            .as_deref()
-            .map_or(Some(0), parse_utc_offset)
-            .unwrap_or_else(|| {
+            })
+        });
+        let utc_offset_minutes = raw.picker.utc_offset.map_or(0, |offset| {
+            parse_utc_offset(offset.get_ref()).unwrap_or_else(|| {
                 report(
                     "picker.utc_offset",
+                    offset.span(),
                     "expected an offset such as \"+01:00\" or \"-05:30\", between -14:00 and +14:00".into(),
                 );
                 0
-            });
-        let mut address = |key: &str, value: Option<String>, default: &str| {
-            let text = value.unwrap_or_else(|| default.to_owned());
-            text.parse::<SocketAddr>().unwrap_or_else(|_| {
-                report(
-                    key,
-                    format!("`{text}` is not an address with a port, such as \"127.0.0.1:8443\" or \"[::]:443\""),
-                );
+            })
+        });
+        let mut address = |key: &str, value: Option<Spanned<String>>, default: &str| {
+            let default = || {
                 default
                     .parse()
                     .unwrap_or_else(|_| unreachable!("default addresses are valid"))
+            };
+            value.map_or_else(default, |text| {
+                text.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                    report(
+                        key,
+                        text.span(),
+                        format!(
+                            "`{}` is not an address with a port, such as \"127.0.0.1:8443\" or \"[::]:443\"",
+                            text.get_ref()
+                        ),
+                    );
+                    default()
+                })
             })
         };
+        let (https_span, https) = match raw.https {
+            Some(https) => (https.span(), https.into_inner()),
+            None => (0..0, raw::Https::default()),
+        };
         let http_listen = address("http.listen", raw.http.listen, "127.0.0.1:8080");
-        let https_listen = address("https.listen", raw.https.listen, "127.0.0.1:8443");
-        let canonical_host = raw.http.canonical_host.and_then(|host| match host_name(&host) {
-            Some(h) => Some(h),
-            None => {
-                report(
-                    "http.canonical_host",
-                    format!("`{host}` is not a host name or IP address (without a port)"),
-                );
-                None
-            }
-        });
+        let https_listen = address("https.listen", https.listen, "127.0.0.1:8443");
+        let canonical_host = raw
+            .http
+            .canonical_host
+            .and_then(|host| match host_name(host.get_ref()) {
+                Some(h) => Some(h),
+                None => {
+                    report(
+                        "http.canonical_host",
+                        host.span(),
+                        format!("`{}` is not a host name or IP address (without a port)", host.get_ref()),
+                    );
+                    None
+                }
+            });
         let allowed_hosts = raw.http.allowed_hosts.map(|hosts| {
             hosts
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, host)| {
-                    let plain = host.strip_prefix("*.").unwrap_or(&host);
+                    let text = host.get_ref();
+                    let plain = text.strip_prefix("*.").unwrap_or(text);
                     match host_name(plain) {
-                        Some(h) => Some(if host.starts_with("*.") { format!("*.{h}") } else { h }),
+                        Some(h) => Some(if text.starts_with("*.") { format!("*.{h}") } else { h }),
                         None => {
                             report(
                                 &format!("http.allowed_hosts[{}]", i + 1),
-                                format!("`{host}` is not a host name, wildcard or IP address"),
+                                host.span(),
+                                format!("`{text}` is not a host name, wildcard or IP address"),
                             );
                             None
                         }
@@ -482,8 +642,8 @@ impl Config {
                 _ => p,
             }
         };
-        let key = raw.https.key.map(relative);
-        let certificate = raw.https.certificate.map(relative);
+        let key = https.key.map(relative);
+        let certificate = https.certificate.map(relative);
         if key.is_some() != certificate.is_some() {
             let missing = if key.is_none() {
                 "https.key"
@@ -492,74 +652,54 @@ impl Config {
             };
             report(
                 missing,
+                https_span,
                 "set both `key` and `certificate`, or neither for a development certificate".into(),
             );
         }
-        if let Some(port) = raw.http.https_port.filter(|p| *p == 0) {
-            report("http.https_port", format!("{port} is not a port"));
-        }
-        let defaults = Limits::default();
-        let l = raw.limits;
-        let mut secs = |key: &str, value: Option<u64>, default: Duration, max: u64| match value {
-            None => default,
-            Some(v) if (1..=max).contains(&v) => Duration::from_secs(v),
-            Some(v) => {
-                report(key, format!("{v} is out of range; use 1 to {max} seconds"));
-                default
-            }
-        };
-        let handshake_timeout = secs(
-            "limits.handshake_timeout",
-            l.handshake_timeout,
-            defaults.handshake_timeout,
-            30,
-        );
-        let header_timeout = secs("limits.header_timeout", l.header_timeout, defaults.header_timeout, 30);
-        let idle_timeout = secs("limits.idle_timeout", l.idle_timeout, defaults.idle_timeout, 3600);
-        let drain_timeout = secs("limits.drain_timeout", l.drain_timeout, defaults.drain_timeout, 600);
-        let mut count = |key: &str, value: Option<usize>, default: usize, min: usize, max: usize| match value {
-            None => default,
-            Some(v) if (min..=max).contains(&v) => v,
-            Some(v) => {
-                report(key, format!("{v} is out of range; use {min} to {max}"));
-                default
-            }
-        };
-        let limits = Limits {
-            handshake_timeout,
-            header_timeout,
-            idle_timeout,
-            drain_timeout,
-            max_connections: count(
-                "limits.max_connections",
-                l.max_connections,
-                defaults.max_connections,
-                1,
-                1_000_000,
-            ),
-            max_header_bytes: count(
-                "limits.max_header_bytes",
-                l.max_header_bytes,
-                defaults.max_header_bytes,
-                8192,
-                1024 * 1024,
-            ),
-            max_headers: count("limits.max_headers", l.max_headers, defaults.max_headers, 8, 1000),
-            max_streams: count(
-                "limits.max_streams",
-                l.max_streams.map(|v| v as usize),
-                defaults.max_streams as usize,
-                1,
-                10_000,
-            ) as u32,
-        };
-        let log_level = raw.log.level.unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if let Some(port) = raw.http.https_port.as_ref().filter(|p| *p.get_ref() == 0) {
             report(
-                "log.level",
-                format!("`{log_level}` is not a log filter; use error, warn, info, debug or trace"),
+                "http.https_port",
+                port.span(),
+                format!("{} is not a port", port.get_ref()),
             );
         }
+        let mut limits = Limits::default();
+        for spec in LIMITS {
+            let Some((_, value)) = raw.limits.0.iter().find(|(given, _)| given.key == spec.key) else {
+                continue;
+            };
+            let v = *value.get_ref();
+            if (spec.min..=spec.max).contains(&v) {
+                (spec.set)(&mut limits, v);
+            } else {
+                report(
+                    &format!("limits.{}", spec.key),
+                    value.span(),
+                    format!(
+                        "{v} is out of range; use {} to {}{}",
+                        spec.min,
+                        spec.max,
+                        spec.unit.suffix()
+                    ),
+                );
+            }
+        }
+        let log_level = match raw.log.level {
+            None => "info".to_owned(),
+            Some(level) => {
+                if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
+                    report(
+                        "log.level",
+                        level.span(),
+                        format!(
+                            "`{}` is not a log filter; use error, warn, info, debug or trace",
+                            level.get_ref()
+                        ),
+                    );
+                }
+                level.into_inner()
+            }
+        };
         Config {
             menu,
             mode,
@@ -567,18 +707,65 @@ impl Config {
             utc_offset_minutes,
             redirect: raw.http.redirect.unwrap_or(true),
             http_listen,
-            https_port: raw.http.https_port,
+            https_port: raw.http.https_port.map(Spanned::into_inner),
             canonical_host,
             allowed_hosts,
             acme_webroot: raw.http.acme_webroot.map(relative),
             https_listen,
             key,
             certificate,
-            hsts_max_age: raw.https.hsts_max_age.unwrap_or(31_536_000),
+            hsts_max_age: https.hsts_max_age.unwrap_or(31_536_000),
             limits,
             log_level,
         }
     }
+}
+
+/// The menu of the `[[dish]]` tables, or the built-in one after reporting
+/// why not.
+fn menu(dishes: Spanned<Vec<Spanned<raw::Dish>>>, report: &mut dyn FnMut(&str, Range<usize>, String)) -> Menu {
+    let all = dishes.span();
+    let dishes = dishes.into_inner();
+    let mut specs = Vec::with_capacity(dishes.len());
+    for (i, dish) in dishes.iter().enumerate() {
+        let Some(name) = &dish.get_ref().name else {
+            report(
+                &format!("dish[{}].name", i + 1),
+                dish.span(),
+                "missing field `name`; every dish needs one".into(),
+            );
+            continue;
+        };
+        let dish = dish.get_ref();
+        specs.push(DishSpec {
+            name: name.get_ref().clone(),
+            weight: dish.weight.as_ref().map(|w| *w.get_ref()),
+            tags: dish.tags.as_ref().map(|t| t.get_ref().clone()).unwrap_or_default(),
+        });
+    }
+    if specs.len() < dishes.len() {
+        // The dishes' numbers in the menu's errors would not be the file's.
+        return Menu::builtin();
+    }
+    Menu::new(specs).unwrap_or_else(|errors| {
+        for e in errors {
+            let (key, span) = match (e.index().and_then(|i| Some((i, dishes.get(i)?))), e.field()) {
+                (Some((i, dish)), Some(field)) => {
+                    let d = dish.get_ref();
+                    let span = match field {
+                        "name" => d.name.as_ref().map(Spanned::span),
+                        "weight" => d.weight.as_ref().map(Spanned::span),
+                        "tags" => d.tags.as_ref().map(Spanned::span),
+                        _ => None,
+                    };
+                    (format!("dish[{}].{field}", i + 1), span.unwrap_or_else(|| dish.span()))
+                }
+                _ => ("dish".to_owned(), all.clone()),
+            };
+            report(&key, span, e.to_string());
+        }
+        Menu::builtin()
+    })
 }
 
 /// A configured host name or IP address, normalised as the redirect
@@ -664,9 +851,99 @@ mod tests {
         check(
             "[https]\nkey = \"k.pem\"\n",
             &[
-                "/etc/lunchd/lunchd.toml: `https.certificate`: set both `key` and `certificate`, or neither for a development certificate",
+                "/etc/lunchd/lunchd.toml:1:1: `https.certificate`: set both `key` and `certificate`, or neither for a development certificate",
             ],
         );
+    }
+
+    /// One case of each kind of problem, each error with its file, line,
+    /// column and key.
+    #[test]
+    fn every_problem_has_a_position_and_a_key() {
+        let cases: &[(&str, &[&str])] = &[
+            // An unknown key, at the key.
+            (
+                "[http]\nredirect = true\nredirekt = false\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:3:1: `http.redirekt`: unknown field `redirekt`, expected one of `redirect`, `listen`, `https_port`, `canonical_host`, `allowed_hosts`, `acme_webroot`",
+                ],
+            ),
+            (
+                "zzz = 1\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:1:1: `zzz`: unknown field `zzz`, expected one of `picker`, `dish`, `http`, `https`, `limits`, `log`",
+                ],
+            ),
+            (
+                "[limits]\nmax_conections = 5\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:2:1: `limits.max_conections`: unknown field `max_conections`, expected one of `handshake_timeout`, `header_timeout`, `idle_timeout`, `drain_timeout`, `max_connections`, `max_header_bytes`, `max_headers`, `max_streams`",
+                ],
+            ),
+            // A wrong type, at the value; each of several in one table.
+            (
+                "[http]\nhttps_port = \"443\"\n",
+                &["/etc/lunchd/lunchd.toml:2:14: `http.https_port`: invalid type: string \"443\", expected u16"],
+            ),
+            (
+                "[[dish]]\nname = \"Soup\"\ntags = [\"warm\", 3]\nweight = \"heavy\"\nspicy = true\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:5:1: `dish[1].spicy`: unknown field `spicy`, expected one of `name`, `weight`, `tags`",
+                    "/etc/lunchd/lunchd.toml:3:17: `dish[1].tags[2]`: invalid type: integer `3`, expected a string",
+                    "/etc/lunchd/lunchd.toml:4:10: `dish[1].weight`: invalid type: string \"heavy\", expected f64",
+                ],
+            ),
+            (
+                "limits = 5\n",
+                &["/etc/lunchd/lunchd.toml:1:10: `limits`: invalid type: integer `5`, expected struct Limits"],
+            ),
+            // A limit out of range, at the value.
+            (
+                "[limits]\nmax_streams = 0\nidle_timeout = 3601\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:3:16: `limits.idle_timeout`: 3601 is out of range; use 1 to 3600 seconds",
+                    "/etc/lunchd/lunchd.toml:2:15: `limits.max_streams`: 0 is out of range; use 1 to 10000",
+                ],
+            ),
+            (
+                "[limits]\nidle_timeout = -5\n",
+                &["/etc/lunchd/lunchd.toml:2:16: `limits.idle_timeout`: invalid value: integer `-5`, expected u64"],
+            ),
+            // A missing key, at the table it belongs in.
+            (
+                "[[dish]]\nname = \"Soup\"\n\n[[dish]]\nweight = 2.0\n",
+                &["/etc/lunchd/lunchd.toml:4:1: `dish[2].name`: missing field `name`; every dish needs one"],
+            ),
+            (
+                "dish = [{ name = \"Soup\" }, { weight = 2.0 }]\n",
+                &["/etc/lunchd/lunchd.toml:1:28: `dish[2].name`: missing field `name`; every dish needs one"],
+            ),
+            (
+                "[picker]\nteam = \"a\"\n\n[https]\ncertificate = \"c.pem\"\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:4:1: `https.key`: set both `key` and `certificate`, or neither for a development certificate",
+                ],
+            ),
+            (
+                "https.key = \"k.pem\"\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:1:1: `https.certificate`: set both `key` and `certificate`, or neither for a development certificate",
+                ],
+            ),
+            // A bad host name, at the value or the element.
+            (
+                "[http]\nallowed_hosts = [\"lunch.example.com\", \"bad host\"]\ncanonical_host = \"example.com:443\"\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:3:18: `http.canonical_host`: `example.com:443` is not a host name or IP address (without a port)",
+                    "/etc/lunchd/lunchd.toml:2:39: `http.allowed_hosts[2]`: `bad host` is not a host name, wildcard or IP address",
+                ],
+            ),
+            // A syntax error has a position but no key.
+            ("a = 1\na = 2\n", &["/etc/lunchd/lunchd.toml:2:1: duplicate key"]),
+        ];
+        for (source, expected) in cases {
+            check(source, expected);
+        }
     }
 
     #[test]
@@ -710,6 +987,7 @@ mod tests {
     fn every_key_is_documented() {
         let docs = include_str!("../../docs/configuration.md");
         let example = include_str!("../../deploy/lunchd.toml");
+        assert_eq!(keys_of("[limits]"), LIMIT_KEYS, "serde accepts the keys of LIMITS");
         for section in [
             "",
             "[picker]",
@@ -719,7 +997,10 @@ mod tests {
             "[limits]",
             "[log]",
         ] {
-            let keys = keys_of(section);
+            let keys = match section {
+                "[limits]" => LIMITS.iter().map(|spec| spec.key.to_owned()).collect(),
+                _ => keys_of(section),
+            };
             assert!(
                 !keys.is_empty() && keys.iter().all(|k| !k.contains(' ')),
                 "{section}: {keys:?}"
@@ -744,5 +1025,112 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// docs/deploy.md's step 3 uncomments `acme_webroot` in the installed
+    /// example with sed, and xtask's e2e reads the path back from the file
+    /// as it is, so it must stay one absolute path at the start of a line.
+    #[test]
+    fn the_example_acme_webroot_uncommented_is_valid() {
+        let example = include_str!("../../deploy/lunchd.toml");
+        let edited = example.replace("\n#acme_webroot = ", "\nacme_webroot = ");
+        assert_ne!(edited, example, "deploy/lunchd.toml has no `#acme_webroot = ` line");
+        let config = parse(&edited, Path::new("/etc/lunchd/lunchd.toml")).unwrap();
+        assert!(config.acme_webroot.is_some_and(|p| p.is_absolute()));
+    }
+
+    #[test]
+    fn limits_match_lunch_net() {
+        let mut limits = Limits::default();
+        for spec in LIMITS {
+            assert!((spec.min..=spec.max).contains(&spec.default_value()), "{}", spec.key);
+            // Each key sets its own field, and only that one.
+            let before = format!("{limits:?}");
+            (spec.set)(&mut limits, spec.max);
+            assert_eq!((spec.get)(&limits), spec.max, "{}", spec.key);
+            assert_ne!(format!("{limits:?}"), before, "{}", spec.key);
+            (spec.set)(&mut limits, spec.default_value());
+            assert_eq!(format!("{limits:?}"), before, "{}", spec.key);
+        }
+    }
+
+    const GENERATED: &str = "<!-- generated from LIMITS in lunchd/src/config.rs by its tests: edit it there -->\n";
+    const END_OF_GENERATED: &str = "<!-- end of the generated part -->\n";
+
+    /// The `[limits]` table of docs/configuration.md.
+    fn limits_markdown() -> String {
+        let mut table = String::from("| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
+        for spec in LIMITS {
+            table.push_str(&format!(
+                "| `{}` | {} | `{}` | {}–{} | {}. |\n",
+                spec.key,
+                spec.unit.name(),
+                spec.default_value(),
+                spec.min,
+                spec.max,
+                spec.doc
+            ));
+        }
+        table
+    }
+
+    /// The `[limits]` section of deploy/lunchd.toml.
+    fn limits_example() -> String {
+        let mut section = String::from("[limits]\n");
+        for spec in LIMITS {
+            // The range is one word: it is not broken across lines.
+            let range = format!("({} to {}{}).", spec.min, spec.max, spec.unit.suffix());
+            let mut line = String::from("#");
+            for word in spec.doc.split(' ').chain([range.as_str()]) {
+                if line.len() + 1 + word.len() > 76 {
+                    section.push_str(&line);
+                    section.push('\n');
+                    line = String::from("#");
+                }
+                line.push(' ');
+                line.push_str(word);
+            }
+            section.push_str(&line);
+            section.push_str(&format!("\n#{} = {}\n", spec.key, spec.default_value()));
+        }
+        section
+    }
+
+    /// Replaces `from..to` of the file at `path` (relative to the workspace)
+    /// with `generated`, and fails if that changed the file, so that a
+    /// stale file is both reported and fixed (rust-analyzer's
+    /// `ensure_file_contents`).
+    fn ensure_generated(path: &str, from: &str, to: &str, generated: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        let old = std::fs::read_to_string(&path).unwrap();
+        let start = old
+            .find(from)
+            .unwrap_or_else(|| panic!("{} has no {from:?}", path.display()))
+            + from.len();
+        let end = start
+            + old[start..]
+                .find(to)
+                .unwrap_or_else(|| panic!("{} has no {to:?} after {from:?}", path.display()));
+        let new = format!("{}{generated}{}", &old[..start], &old[end..]);
+        if new != old {
+            std::fs::write(&path, new).unwrap();
+            panic!(
+                "{} was not what LIMITS says and has been regenerated; check and commit it",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn the_docs_limits_table_is_generated() {
+        ensure_generated("docs/configuration.md", GENERATED, END_OF_GENERATED, &limits_markdown());
+    }
+
+    #[test]
+    fn the_example_limits_section_is_generated() {
+        // The section runs to the blank line before the next one.
+        let generated = limits_example();
+        let body = generated.strip_prefix("[limits]\n").unwrap_or(&generated);
+        ensure_generated("deploy/lunchd.toml", "\n[limits]\n", "\n\n", body.trim_end());
     }
 }

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -58,7 +58,7 @@ pub fn load_certificate(
         },
         _ => return Ok(None),
     };
-    let certificate = LoadedCertificate::load(&files, std::time::SystemTime::now())?;
+    let certificate = LoadedCertificate::load(&files, SystemTime::now())?;
     check_names(config, &certificate)?;
     Ok(Some(certificate))
 }
@@ -135,11 +135,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
     let tls_server = Server::tls(
-        "https",
         https,
+        lunch_net::tls::server_config(Arc::clone(&store)),
         lunch_net::tower_handler(app),
         config.limits.clone(),
-        lunch_net::tls::server_config(Arc::clone(&store)),
     )
     .context("starting the https server")?
     .with_workers(workers.clone());
@@ -155,7 +154,6 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         Some(listener) => {
             let local = listener.local_addr().context("reading the http socket's address")?;
             let server = Server::plain(
-                "http",
                 listener,
                 lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
                 config.limits.clone(),
@@ -222,7 +220,7 @@ impl Daemon {
             "{}; certificate {} expires {}",
             self.listeners,
             info.subject,
-            lunch_net::tls::format_utc(info.not_after)
+            format_utc(info.not_after)
         );
         if let Some(problem) = problem {
             status = format!("reload failed, still serving the previous configuration: {problem}; {status}");
@@ -273,6 +271,17 @@ impl Daemon {
             }
         }
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`, whole seconds rounded down.
+fn format_utc(time: SystemTime) -> String {
+    let secs = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_secs() as i64,
+        Err(before) => -(before.duration().as_secs_f64().ceil() as i64),
+    };
+    let date = lunch_core::Date::from_days_since_epoch(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!("{date} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// The refreshed copies of the command line's key and chain in
@@ -354,5 +363,21 @@ async fn watchdog(interval: Duration, probes: Vec<Probe>) {
         } else {
             tracing::error!("a server stopped answering; withholding the watchdog ping");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        let utc = |secs: u64| format_utc(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_824_000 + 3661), "2026-11-28 01:01:01 UTC");
+        assert_eq!(
+            format_utc(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31 23:59:59 UTC"
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use lunch_net::sockets::{self, Expect, ListenEnv};
+use lunch_net::sockets::{self, ListenEnv, Role, SocketError};
 use lunch_net::tls::CertificateFiles;
 
 use crate::cli::{Cli, Command};
@@ -139,25 +139,31 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
         fds: fds.as_deref(),
         names: names.as_deref(),
     };
-    let expect = if config.redirect {
-        Expect::Both
-    } else {
-        Expect::HttpsOnly
-    };
     let parsed = sockets::parse_listen_env(env, std::process::id());
     // The variables describe this process only; children must not see them.
     // SAFETY: called from `main` before the runtime or any other thread
     // starts, so nothing reads the environment concurrently.
     #[allow(unsafe_code)]
     unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
     match parsed? {
         Some(names) => {
-            // listenfd re-checks LISTEN_PID and unsets LISTEN_PID and LISTEN_FDS.
-            let mut fds = listenfd::ListenFd::from_env();
-            let listeners = sockets::adopt(&mut fds, &names, expect)?;
-            Ok((listeners.http, listeners.https, true))
+            let required: &[Role] = if config.redirect {
+                &[Role::Https, Role::Http]
+            } else {
+                &[Role::Https]
+            };
+            let mut listeners = sockets::adopt(&names, required).map_err(with_config_hint)?;
+            let https = listeners.take(Role::Https)?;
+            let http = if config.redirect {
+                Some(listeners.take(Role::Http)?)
+            } else {
+                None
+            };
+            Ok((http, https, true))
         }
         None => {
             let https = sockets::bind(config.https_listen)?;
@@ -168,6 +174,16 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             };
             Ok((http, https, false))
         }
+    }
+}
+
+/// A socket error, with the configuration key that changes what is needed.
+fn with_config_hint(e: SocketError) -> anyhow::Error {
+    match e {
+        SocketError::Missing { role: Role::Http } => {
+            anyhow::anyhow!("{e}, or set `redirect = false` under [http] to run HTTPS only")
+        }
+        e => e.into(),
     }
 }
 
@@ -193,5 +209,28 @@ fn init_logging(level: &str) {
         builder.without_time().with_ansi(false).init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_http_socket_names_the_key_that_makes_it_optional() {
+        let err = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let e = sockets::map_names(&names, &[Role::Https, Role::Http]).unwrap_err();
+            format!("{:#}", with_config_hint(e))
+        };
+        assert_eq!(
+            err(&["https"]),
+            "no socket named `http` was passed; add a socket unit with FileDescriptorName=http to the service's \
+             Sockets=, or set `redirect = false` under [http] to run HTTPS only"
+        );
+        assert_eq!(
+            err(&["http"]),
+            "no socket named `https` was passed; add a socket unit with FileDescriptorName=https to the service's Sockets="
+        );
     }
 }

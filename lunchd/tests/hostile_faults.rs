@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rcgen::date_time_ymd;
-use support::{Leaf, Served, TestCa, eventually, exchange_one, served_config, write_atomic};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use support::{Leaf, Served, TestCa, eventually, exchange_one, require_tool, served_config, write_atomic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A broken key/chain pair, and what the error must say.
@@ -27,38 +29,20 @@ struct Fault {
     names_key: bool,
 }
 
-fn der_of_first_pem(pem: &str) -> Vec<u8> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64_decode(&body)
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
+/// The DER of the key in `pem`.
+fn der_of_key(pem: &str) -> Vec<u8> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .secret_der()
+        .to_vec()
 }
 
 fn encrypted_key() -> Vec<u8> {
-    let output = Command::new("openssl")
+    let output = Command::new(require_tool("openssl", "openssl"))
         .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
         .args(["-aes-256-cbc", "-pass", "pass:lunch"])
         .output()
-        .expect("openssl must be installed");
+        .unwrap();
     assert!(output.status.success());
     output.stdout
 }
@@ -114,13 +98,13 @@ fn faults(ca: &TestCa, good: &Leaf) -> Vec<Fault> {
         Fault {
             what: "a DER certificate",
             key: key.clone(),
-            chain: der_of_first_pem(&good.chain_pem),
+            chain: good.der.clone(),
             says: "looks like binary DER, not PEM",
             names_key: false,
         },
         Fault {
             what: "a DER key",
-            key: der_of_first_pem(&good.key_pem),
+            key: der_of_key(&good.key_pem),
             chain: chain.clone(),
             says: "looks like binary DER, not PEM",
             names_key: true,
@@ -160,7 +144,7 @@ fn faults(ca: &TestCa, good: &Leaf) -> Vec<Fault> {
 /// and returns its exit code and standard error.
 fn run_lunchd(args: &[String], as_nobody: bool) -> (Option<i32>, String) {
     let mut command = if as_nobody {
-        let mut c = Command::new("setpriv");
+        let mut c = Command::new(require_tool("setpriv", "util-linux"));
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", support::LUNCHD]);
         c
     } else {

@@ -20,8 +20,9 @@ mod procs;
 mod servers;
 
 use load::{Outcome, Test};
+use lunch_testkit::{Checked, NotifySocket};
 use procs::Sampler;
-use servers::{Certificate, Lunchd, Nginx, Notify};
+use servers::{Certificate, Lunchd, Nginx};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -122,7 +123,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let cert = Certificate::generate(&scratch)?;
-    let notify = Notify::bind(scratch.join("notify.sock"))?;
+    let notify_path = scratch.join("notify.sock");
+    let notify =
+        NotifySocket::bind(notify_path.clone()).with_context(|| format!("binding {}", notify_path.display()))?;
     let ticks = procs::clock_ticks();
 
     let mut report = Report {
@@ -286,18 +289,18 @@ fn check_redirect(server: &str, http: u16, https: u16) -> anyhow::Result<()> {
 }
 
 /// SIGHUP to READY=1, in milliseconds.
-fn reload(lunchd: &Lunchd, notify: &Notify) -> anyhow::Result<f64> {
+fn reload(lunchd: &Lunchd, notify: &NotifySocket) -> anyhow::Result<f64> {
     notify.drain();
     let start = Instant::now();
     procs::signal(lunchd.guard.pid(), "HUP")?;
-    let ready = notify.wait_ready(Duration::from_secs(10)).context("after SIGHUP")?;
+    let ready = servers::ready_at(notify, Duration::from_secs(10)).context("after SIGHUP")?;
     Ok(ms(ready - start))
 }
 
 /// `reloads` reloads spread over a keep-alive load of `seconds`.
 fn reloads_under_load(
     lunchd: &Lunchd,
-    notify: &Notify,
+    notify: &NotifySocket,
     reloads: usize,
     seconds: f64,
 ) -> anyhow::Result<ReloadsUnderLoad> {
@@ -324,14 +327,7 @@ fn reloads_under_load(
 }
 
 fn ensure_tools(nginx: bool) -> anyhow::Result<()> {
-    let mut wanted = vec![
-        ("wrk", "wrk"),
-        ("h2load", "nghttp2-client"),
-        ("ab", "apache2-utils"),
-        ("openssl", "openssl"),
-        ("curl", "curl"),
-        ("systemd-socket-activate", "systemd"),
-    ];
+    let mut wanted = lunch_testkit::BENCH_TOOLS.to_vec();
     if nginx {
         wanted.push(("nginx", "nginx-light"));
     }
@@ -349,14 +345,11 @@ fn ensure_tools(nginx: bool) -> anyhow::Result<()> {
 fn build_lunchd(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("bench: cargo build --release -p lunchd");
-    let status = Command::new(cargo)
+    Command::new(cargo)
         .args(["build", "--release", "--quiet", "-p", "lunchd"])
         .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    anyhow::ensure!(status.success(), "cargo build --release -p lunchd failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("release/lunchd"))
+        .run_checked()?;
+    Ok(crate::system::target_dir(root).join("release/lunchd"))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -14,6 +14,7 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use lunch_testkit::Checked;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -59,14 +60,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         command
     };
 
-    let listed = cargo_fuzz("list")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running `cargo fuzz list`")?;
-    if !listed.status.success() {
-        bail!("`cargo fuzz list` failed");
-    }
-    let all: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+    let listed = cargo_fuzz("list").stderr(Stdio::inherit()).read_checked()?;
+    let all: Vec<String> = listed
         .lines()
         .map(|l| l.trim().to_owned())
         .filter(|l| !l.is_empty())
@@ -82,13 +77,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         args.targets.clone()
     };
 
-    let status = cargo_fuzz("build")
+    cargo_fuzz("build")
         .arg("-O")
-        .status()
-        .context("running `cargo fuzz build`")?;
-    if !status.success() {
-        bail!("building the fuzz targets failed");
-    }
+        .run_checked()
+        .context("building the fuzz targets failed")?;
 
     let mut results = Vec::new();
     for target in &targets {
@@ -168,13 +160,9 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing cargo-fuzz");
-    let status = Command::new("cargo")
+    Command::new("cargo")
         .args(["install", "cargo-fuzz", "--locked"])
-        .status()
-        .context("running `cargo install cargo-fuzz`")?;
-    if !status.success() {
-        bail!("`cargo install cargo-fuzz --locked` failed");
-    }
+        .run_checked()?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use lunch_testkit::{Checked, systemd_analyze};
 
 /// The first systemd with `Type=notify-reload` that runs `ExecReload=`
 /// before sending the reload signal.
@@ -113,7 +114,7 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     let binary = args
         .binary
         .clone()
-        .unwrap_or_else(|| target_dir(&root).join("release/lunchd"));
+        .unwrap_or_else(|| crate::system::target_dir(&root).join("release/lunchd"));
     if !args.no_build && !args.dry_run {
         build_release(&root)?;
     }
@@ -146,7 +147,7 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
         verify(&args.destdir, &files, version)?;
     }
     if to_root {
-        run(Command::new("systemctl").arg("daemon-reload"))?;
+        Command::new("systemctl").arg("daemon-reload").run_checked()?;
     }
     print_next_steps(&args.domain, to_root);
     Ok(())
@@ -158,7 +159,7 @@ pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
         disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
-        run(&mut disable)?;
+        disable.run_checked()?;
     }
     let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
     paths.push(prefix.join("bin/lunchd"));
@@ -187,7 +188,7 @@ pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         }
     }
     if to_root && !args.dry_run {
-        run(Command::new("systemctl").arg("daemon-reload"))?;
+        Command::new("systemctl").arg("daemon-reload").run_checked()?;
     }
     Ok(())
 }
@@ -375,22 +376,12 @@ fn parse_systemd_version(text: &str) -> Option<u32> {
     number.parse().ok()
 }
 
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
 pub(crate) fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
+    Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "lunchd"]))
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed ({status})");
-    }
+        .args(["build", "--release", "--locked", "-p", "lunchd"])
+        .run_checked()?;
     Ok(())
 }
 
@@ -455,20 +446,23 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     let root = if destdir == Path::new("/") {
         None
     } else {
-        scratch = Scratch::new("verify")?;
+        scratch = tempfile::Builder::new()
+            .prefix("lunchd-verify-")
+            .tempdir()
+            .context("creating a scratch directory")?;
         copy_dir(
             Path::new("/usr/lib/systemd/system"),
-            &scratch.0.join("usr/lib/systemd/system"),
+            &scratch.path().join("usr/lib/systemd/system"),
         )?;
         for file in files {
             let from = under(destdir, &file.path);
-            let to = under(&scratch.0, &file.path);
-            fs::create_dir_all(to.parent().unwrap_or(&scratch.0))?;
+            let to = under(scratch.path(), &file.path);
+            fs::create_dir_all(to.parent().unwrap_or(scratch.path()))?;
             if fs::hard_link(&from, &to).is_err() {
                 fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
             }
         }
-        Some(scratch.0.clone())
+        Some(scratch.path().to_owned())
     };
     let mut args = vec!["verify".to_owned(), "--man=no".to_owned(), "--generators=no".to_owned()];
     if let Some(root) = &root {
@@ -476,11 +470,11 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     }
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
     let output = systemd_analyze(&args)?;
-    let analyzer = systemd_analyze(&["--version".to_owned()])
+    let analyzer = systemd_analyze(&["--version"])
         .ok()
-        .and_then(|o| parse_systemd_version(&o.stdout))
+        .and_then(|o| parse_systemd_version(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or(0);
-    let stderr = output.stderr;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let mut problems = Vec::new();
     for line in stderr.lines().filter(|l| l.contains("lunchd")) {
         // What systemd-analyze 252 says about exactly the settings newer
@@ -508,7 +502,7 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
             problems.push(line);
         }
     }
-    if !output.success || !problems.is_empty() {
+    if !output.status.success() || !problems.is_empty() {
         bail!(
             "systemd-analyze verify found problems in the written units:\n{}",
             if problems.is_empty() {
@@ -520,61 +514,6 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     }
     println!("systemd-analyze verify: ok");
     Ok(())
-}
-
-/// What a `systemd-analyze` run printed.
-pub(crate) struct Analyzed {
-    pub(crate) success: bool,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
-
-/// Runs `systemd-analyze ARGS`. As root it runs in a private mount
-/// namespace with a tmpfs on /run/systemd: systemd 252's analyzer touches
-/// /run/systemd/systemd-units-load, which must not appear on a host (or
-/// container) whose PID 1 is not systemd.
-pub(crate) fn systemd_analyze(args: &[String]) -> anyhow::Result<Analyzed> {
-    let mut command = if crate::system::is_root() {
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd || exit 1; fi; exec \"$0\" \"$@\"")
-            .arg("systemd-analyze");
-        c
-    } else {
-        Command::new("systemd-analyze")
-    };
-    let output = command
-        .args(args)
-        .output()
-        .context("running systemd-analyze (Debian package systemd; unshare from util-linux as root)")?;
-    Ok(Analyzed {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
-}
-
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> anyhow::Result<Scratch> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "lunchd-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Scratch(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Copies the files and symlinks of `from` (one level of subdirectories
@@ -625,7 +564,7 @@ mod tests {
     /// Writes the units for `version` with `edit` applied to the service
     /// under a scratch destdir, and verifies them.
     fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
-        let destdir = Scratch::new("verify-test").unwrap();
+        let destdir = tempfile::tempdir().unwrap();
         let binary = std::env::current_exe().unwrap();
         let root = crate::project_root();
         let mut files = plan(&root, &binary, "lunch.example", Path::new(TEMPLATE_PREFIX), version).unwrap();
@@ -633,9 +572,9 @@ mod tests {
             if let (true, Contents::Text(text)) = (file.path.ends_with(SERVICE), &mut file.contents) {
                 *text = edit(std::mem::take(text));
             }
-            write_file(&destdir.0, file).unwrap();
+            write_file(destdir.path(), file).unwrap();
         }
-        verify(&destdir.0, &files, version)
+        verify(destdir.path(), &files, version)
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! the results into docs/. The test is never skipped here: without
 //! Chromium this fails and says how to install it.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use lunch_testkit::Checked;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -28,16 +28,14 @@ const SHOTS: [(&str, &str); 3] = [
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::project_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let scratch = target.join("tmp").join("xtask-screenshot");
+    let scratch = crate::system::target_dir(&root).join("tmp").join("xtask-screenshot");
     let docs = root.join("docs");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut test = Command::new(cargo);
     test.current_dir(&root)
         .args(["test", "--package", "lunchd", "--test", "browser", "--", "--exact"])
         .arg("the_page_in_headless_chromium")
-        .env("LUNCHD_SCREENSHOT_DIR", &scratch)
-        .env_remove("LUNCHD_SKIP_BROWSER");
+        .env("LUNCHD_SCREENSHOT_DIR", &scratch);
     if args.dry_run {
         println!("LUNCHD_SCREENSHOT_DIR={} {test:?}", scratch.display());
         for (from, to) in SHOTS {
@@ -48,10 +46,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
     }
-    let status = test.status().context("running cargo test")?;
-    if !status.success() {
-        bail!("the browser test failed ({status}); its output above says why");
-    }
+    test.run_checked()
+        .context("the browser test failed; its output above says why")?;
     std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
     for (from, to) in SHOTS {
         let (from, to) = (scratch.join(from), docs.join(to));

@@ -1,10 +1,11 @@
 //! Facts about the machine the tasks run on, and installing what they need
 //! from Debian.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
+use lunch_testkit::Checked;
 
 /// Whether the process runs as root.
 pub(crate) fn is_root() -> bool {
@@ -14,8 +15,13 @@ pub(crate) fn is_root() -> bool {
 /// Whether `tool` is on the PATH, or in the sbin directories a non-root
 /// PATH may lack.
 pub(crate) fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file())
+    lunch_testkit::find_tool(tool).is_some()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, or `target/` under the
+/// workspace `root`.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 /// `apt-get install` of `packages`, non-interactive; `task` names the caller
@@ -32,17 +38,17 @@ pub(crate) fn apt_install(task: &str, packages: &[&str]) -> anyhow::Result<()> {
         packages.join(" ")
     );
     eprintln!("{task}: installing {}", packages.join(" "));
-    let status = Command::new("apt-get")
+    Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?;
-    anyhow::ensure!(
-        status.success(),
-        "cannot install {}; install them with `apt-get install {}` (as root)",
-        packages.join(" "),
-        packages.join(" ")
-    );
+        .run_checked()
+        .with_context(|| {
+            format!(
+                "cannot install {}; install them with `apt-get install {}` (as root)",
+                packages.join(" "),
+                packages.join(" ")
+            )
+        })?;
     Ok(())
 }

@@ -26,17 +26,8 @@ pub(crate) struct Args {
 }
 
 /// The programs `cargo test --workspace` drives, and the Debian package
-/// of each.
-const SUITE_TOOLS: &[(&str, &str)] = &[
-    ("systemd-socket-activate", "systemd"),
-    ("systemd-analyze", "systemd"),
-    ("curl", "curl"),
-    ("openssl", "openssl"),
-    ("chromium", "chromium"),
-    ("wrk", "wrk"),
-    ("h2load", "nghttp2-client"),
-    ("ab", "apache2-utils"),
-];
+/// of each: the list the tests' `require_tool` checks against.
+const SUITE_TOOLS: &[(&str, &str)] = lunch_testkit::TOOLS;
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();

@@ -2,37 +2,31 @@
 //! machinery works end to end (socket activation, every load tool, CPU and
 //! memory sampling, reloads, the result files). It asserts no speed.
 //!
-//! Needs wrk, h2load (nghttp2-client) and ab (apache2-utils); the bench
-//! installs missing ones with apt-get when run as root.
+//! Needs the bench's tools (`lunch_testkit::BENCH_TOOLS`: wrk, h2load, ab,
+//! openssl, curl, systemd-socket-activate, kill) and pgrep; it fails,
+//! naming the package, where one is missing (`cargo xtask test` installs
+//! them).
 
-use std::path::Path;
+mod support;
+
 use std::process::Command;
+
+use lunch_testkit::{BENCH_TOOLS, Checked, require_tool};
 
 #[test]
 fn quick_bench_measures_every_test_and_writes_results() {
-    let xtask = Path::new(env!("CARGO_BIN_EXE_xtask"));
-    // `cargo test --workspace` builds lunchd's binary next to xtask's.
-    let lunchd = xtask.with_file_name("lunchd");
-    assert!(
-        lunchd.is_file(),
-        "{} is missing; build it with `cargo build -p lunchd` (cargo test --workspace does)",
-        lunchd.display()
-    );
+    for (tool, package) in BENCH_TOOLS {
+        require_tool(tool, package);
+    }
+    let lunchd = support::lunchd();
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new(xtask)
+    Command::new(support::XTASK)
         .args(["bench", "--quick", "--lunchd"])
         .arg(&lunchd)
         .arg("--out")
         .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "cargo xtask bench --quick failed: {}\n{}{}",
-        run.status,
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+        .read_checked()
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
@@ -56,7 +50,11 @@ fn quick_bench_measures_every_test_and_writes_results() {
     assert!(markdown.contains("server CPU µs/req"), "{markdown}");
     // Every process the bench started is gone: lunchd ran with files from
     // the scratch directory on its command line.
-    let leftover = Command::new("pgrep").arg("-f").arg(out.path()).output().unwrap();
+    let leftover = Command::new(require_tool("pgrep", "procps"))
+        .arg("-f")
+        .arg(out.path())
+        .output()
+        .unwrap();
     assert!(
         leftover.stdout.is_empty(),
         "processes left running: {}",

@@ -7,8 +7,7 @@
 #![allow(dead_code, missing_docs)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,92 +16,14 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use lunch_testkit::{Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, require_tool};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream as AsyncTcpStream;
 
 /// The binary under test.
 pub const LUNCHD: &str = env!("CARGO_BIN_EXE_lunchd");
-
-/// A certificate authority made for one test.
-pub struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    pub pem: String,
-    der: CertificateDer<'static>,
-}
-
-/// A leaf certificate issued by a [`TestCa`].
-pub struct Leaf {
-    pub key_pem: String,
-    /// Leaf followed by the CA, like Let's Encrypt's fullchain.pem.
-    pub chain_pem: String,
-    /// Lowercase hex, as lunchd and the client report it.
-    pub serial: String,
-}
-
-impl TestCa {
-    pub fn new() -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "lunchd test CA");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let pem = cert.pem();
-        let der = cert.der().clone();
-        TestCa {
-            issuer: Issuer::new(params, key),
-            pem,
-            der,
-        }
-    }
-
-    /// A leaf for `names` with serial `serial`, valid now.
-    pub fn issue(&self, names: &[&str], serial: u64) -> Leaf {
-        self.issue_with(names, serial, |_| {})
-    }
-
-    /// A leaf for `names`, with `adjust` applied to its parameters.
-    pub fn issue_with(&self, names: &[&str], serial: u64, adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let serial_bytes = serial_bytes(serial);
-        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
-        adjust(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            key_pem: key.serialize_pem(),
-            chain_pem: format!("{}{}", cert.pem(), self.pem),
-            serial: hex(&serial_bytes),
-        }
-    }
-
-    /// A rustls client configuration trusting only this CA.
-    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
-    }
-}
-
-/// A positive, minimally encoded DER serial: a fixed non-zero first byte,
-/// then `serial`.
-fn serial_bytes(serial: u64) -> Vec<u8> {
-    let mut bytes = vec![0x1a];
-    bytes.extend_from_slice(&serial.to_be_bytes());
-    bytes
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Writes `leaf` as `key.pem` and `fullchain.pem` in `dir`, replacing any
 /// previous files atomically (as certbot does with its symlinks).
@@ -118,55 +39,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `NOTIFY_SOCKET` that records what the service manager would receive.
-pub struct NotifySocket {
-    pub path: PathBuf,
-    socket: UnixDatagram,
-}
-
-impl NotifySocket {
-    pub fn new(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        NotifySocket { path, socket }
-    }
-
-    /// The next message, waiting at most `timeout`.
-    pub fn recv(&self, timeout: Duration) -> Option<String> {
-        self.socket.set_read_timeout(Some(timeout)).unwrap();
-        let mut buf = vec![0u8; 4096];
-        match self.socket.recv(&mut buf) {
-            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) => None,
-        }
-    }
-
-    /// Messages until one contains `needle` (which is included), waiting at
-    /// most `timeout` overall.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.recv(left) {
-                Some(message) => {
-                    let found = message.lines().any(|l| l == needle || l.starts_with(needle));
-                    seen.push(message);
-                    if found {
-                        return seen;
-                    }
-                }
-                None => break,
-            }
-        }
-        panic!("no notification {needle:?} within {timeout:?}; got {seen:?}");
-    }
 }
 
 /// How to start lunchd.
@@ -234,7 +106,7 @@ impl Lunchd {
 
     fn try_start(start: &Start) -> Result<Lunchd, String> {
         let ports: Vec<(&'static str, u16)> = start.names.iter().map(|n| (*n, free_port())).collect();
-        let mut command = Command::new("systemd-socket-activate");
+        let mut command = Command::new(require_tool("systemd-socket-activate", "systemd"));
         for (name, port) in &ports {
             command
                 .arg(format!("--listen=127.0.0.1:{port}"))
@@ -252,7 +124,7 @@ impl Lunchd {
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .expect("systemd-socket-activate (Debian package systemd) must be installed");
+            .unwrap_or_else(|e| panic!("running systemd-socket-activate: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -492,21 +364,6 @@ where
         }
         assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-impl NotifySocket {
-    /// A `NOTIFY_SOCKET` in the abstract namespace (`@name`), as service
-    /// managers other than PID 1 may pass.
-    pub fn new_abstract(tag: &str) -> NotifySocket {
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("lunchd-test-{}-{tag}", std::process::id());
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let socket = UnixDatagram::bind_addr(&addr).unwrap();
-        NotifySocket {
-            path: PathBuf::from(format!("@{name}")),
-            socket,
-        }
     }
 }
 

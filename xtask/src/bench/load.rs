@@ -1,9 +1,10 @@
 //! The load generators (Debian's wrk, h2load and ab) and their output.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::Context;
+use lunch_testkit::Checked;
 
 /// What one load run reported.
 #[derive(Debug, Clone, Default)]
@@ -76,41 +77,29 @@ pub(crate) fn run(test: Test, url: &str, seconds: f64, scratch: &Path) -> anyhow
     }
 }
 
-fn output(command: &mut Command) -> anyhow::Result<String> {
-    let name = command.get_program().to_string_lossy().into_owned();
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {name}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(
-        out.status.success(),
-        "{name} failed ({}):\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
 fn wrk(url: &str, seconds: f64) -> anyhow::Result<Outcome> {
     // wrk counts whole seconds.
     let secs = seconds.round().max(1.0) as u64;
-    let text = output(Command::new("wrk").args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url]))?;
+    let text = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
+        .read_checked()?;
     parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))
 }
 
 fn h2load(url: &str, seconds: f64, scratch: &Path) -> anyhow::Result<Outcome> {
     let log = scratch.join("h2load-requests.tsv");
     let secs = seconds.round().max(1.0) as u64;
-    let text = output(Command::new("h2load").args([
-        "-t2",
-        "-c64",
-        "-m10",
-        "-D",
-        &secs.to_string(),
-        &format!("--log-file={}", log.display()),
-        url,
-    ]))?;
+    let text = Command::new("h2load")
+        .args([
+            "-t2",
+            "-c64",
+            "-m10",
+            "-D",
+            &secs.to_string(),
+            &format!("--log-file={}", log.display()),
+            url,
+        ])
+        .read_checked()?;
     let mut outcome = parse_h2load(&text).with_context(|| format!("cannot read h2load's output:\n{text}"))?;
     let requests = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     let _ = std::fs::remove_file(&log);
@@ -125,13 +114,17 @@ fn h2load(url: &str, seconds: f64, scratch: &Path) -> anyhow::Result<Outcome> {
 /// `$ssl_session_reused`).
 fn ab(url: &str, seconds: f64) -> anyhow::Result<Outcome> {
     let secs = seconds.round().max(1.0) as u64;
-    let text = output(Command::new("ab").args(["-l", "-r", "-c64", "-t", &secs.to_string(), "-n", "2000000", url]))?;
+    let text = Command::new("ab")
+        .args(["-l", "-r", "-c64", "-t", &secs.to_string(), "-n", "2000000", url])
+        .read_checked()?;
     parse_ab(&text).with_context(|| format!("cannot read ab's output:\n{text}"))
 }
 
 /// `ab -n N -c C` to `url`, for the handshake check.
 pub(crate) fn ab_count(url: &str, n: u32) -> anyhow::Result<Outcome> {
-    let text = output(Command::new("ab").args(["-l", "-c8", "-n", &n.to_string(), url]))?;
+    let text = Command::new("ab")
+        .args(["-l", "-c8", "-n", &n.to_string(), url])
+        .read_checked()?;
     parse_ab(&text).with_context(|| format!("cannot read ab's output:\n{text}"))
 }
 

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use lunch_testkit::Checked;
 
 /// A child process that is stopped when dropped: SIGTERM (or the signal
 /// given), a grace period, then SIGKILL. Holds on every path out of the
@@ -75,12 +76,10 @@ impl Drop for Guard {
 
 /// Sends `sig` (a name such as `HUP`) to `pid` with kill(1).
 pub(crate) fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
+    Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
-        .status()
-        .context("running kill")?;
-    anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
+        .run_checked()?;
     Ok(())
 }
 

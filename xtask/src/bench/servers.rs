@@ -2,13 +2,13 @@
 //! Debian's nginx configured for the same work.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use lunch_testkit::{Checked, NotifySocket, try_free_port as free_port};
 
 use super::procs::{self, Guard};
 
@@ -21,11 +21,6 @@ pub(crate) const NGINX_PATH: &str = "/";
 /// nginx's location that logs `$ssl_session_reused`, for the handshake check.
 const NGINX_VERIFY_PATH: &str = "/verify-full-handshakes";
 
-/// A loopback port that was free a moment ago.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// An ECDSA P-256 key and a self-signed certificate for localhost and
 /// 127.0.0.1, made with openssl.
 pub(crate) struct Certificate {
@@ -37,7 +32,7 @@ impl Certificate {
     pub(crate) fn generate(dir: &Path) -> anyhow::Result<Certificate> {
         let key = dir.join("key.pem");
         let chain = dir.join("cert.pem");
-        let out = Command::new("openssl")
+        Command::new("openssl")
             .args([
                 "req",
                 "-x509",
@@ -59,63 +54,15 @@ impl Certificate {
                 "-addext",
                 "subjectAltName=DNS:localhost,IP:127.0.0.1",
             ])
-            .stdin(Stdio::null())
-            .output()
-            .context("running openssl (Debian package openssl)")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "openssl could not make a certificate: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .read_checked()
+            .context("openssl could not make a certificate")?;
         Ok(Certificate { key, chain })
     }
 }
 
-/// A `NOTIFY_SOCKET` listener, as systemd would have.
-pub(crate) struct Notify {
-    pub(crate) path: PathBuf,
-    socket: UnixDatagram,
-}
-
-impl Notify {
-    pub(crate) fn bind(path: PathBuf) -> anyhow::Result<Notify> {
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-        Ok(Notify { path, socket })
-    }
-
-    /// Waits for a message with the line `READY=1`, at most `timeout`.
-    pub(crate) fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .with_context(|| format!("no READY=1 within {timeout:?}"))?;
-            self.socket.set_read_timeout(Some(left))?;
-            match self.socket.recv(&mut buf) {
-                Ok(n) => {
-                    let now = Instant::now();
-                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-                        return Ok(now);
-                    }
-                }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    anyhow::bail!("no READY=1 within {timeout:?}")
-                }
-                Err(e) => return Err(e).context("reading the notify socket"),
-            }
-        }
-    }
-
-    /// Drops messages already received.
-    pub(crate) fn drain(&self) {
-        let mut buf = [0u8; 4096];
-        let _ = self.socket.set_nonblocking(true);
-        while self.socket.recv(&mut buf).is_ok() {}
-        let _ = self.socket.set_nonblocking(false);
-    }
+/// When `notify` receives `READY=1`, waiting at most `timeout`.
+pub(crate) fn ready_at(notify: &NotifySocket, timeout: Duration) -> anyhow::Result<Instant> {
+    Ok(notify.try_wait_for("READY=1", timeout)?.at)
 }
 
 /// lunchd, socket-activated and ready.
@@ -131,7 +78,12 @@ impl Lunchd {
     /// Starts `systemd-socket-activate` with sockets named `http` and
     /// `https`, activates lunchd with a first connection, and waits for
     /// READY=1.
-    pub(crate) fn start(binary: &Path, cert: &Certificate, dir: &Path, notify: &Notify) -> anyhow::Result<Lunchd> {
+    pub(crate) fn start(
+        binary: &Path,
+        cert: &Certificate,
+        dir: &Path,
+        notify: &NotifySocket,
+    ) -> anyhow::Result<Lunchd> {
         let (http, https) = (free_port()?, free_port()?);
         let config = dir.join("lunchd.toml");
         std::fs::write(&config, "[log]\nlevel = \"info\"\n")?;
@@ -167,8 +119,7 @@ impl Lunchd {
         let activated = Instant::now();
         // The first connection makes systemd-socket-activate exec lunchd.
         let trigger = TcpStream::connect(("127.0.0.1", https)).context("activating lunchd")?;
-        let ready = notify
-            .wait_ready(Duration::from_secs(15))
+        let ready = ready_at(notify, Duration::from_secs(15))
             .with_context(|| format!("lunchd did not get ready; see {}", dir.join("lunchd.log").display()))?;
         drop(trigger);
         Ok(Lunchd {

@@ -6,10 +6,13 @@
 //! These need systemd's tools (Debian package systemd); they fail, never
 //! skip, where those are missing.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const LUNCHD: &str = env!("CARGO_BIN_EXE_lunchd");
+use lunch_testkit::{Checked, require_tool};
+
 const DOMAIN: &str = "lunch.example";
 
 fn root() -> PathBuf {
@@ -54,22 +57,15 @@ fn socket_names_are_the_names_lunchd_looks_up() {
 
 /// Runs `cargo xtask ARGS` in the workspace and returns its stdout.
 fn xtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "xtask", "--"])
+    Command::new(support::XTASK)
         .args(args)
         .current_dir(root())
-        .output()
-        .expect("running cargo");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "cargo xtask {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+        .read_checked()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn install(destdir: &Path, version: u32) -> String {
+    let lunchd = support::lunchd();
     xtask(&[
         "install-units",
         "--destdir",
@@ -80,7 +76,7 @@ fn install(destdir: &Path, version: u32) -> String {
         &version.to_string(),
         "--no-build",
         "--binary",
-        LUNCHD,
+        lunchd.to_str().unwrap(),
     ])
 }
 
@@ -229,25 +225,17 @@ fn dry_run_touches_nothing() {
     assert_eq!(tree(dir.path()), Vec::<String>::new());
 }
 
-/// `systemd-analyze ARGS`; as root in a private mount namespace with a
-/// tmpfs on /run/systemd, where systemd 252's analyzer leaves a file.
+/// `systemd-analyze ARGS`, as xtask runs it.
 fn systemd_analyze(args: &[String]) -> std::process::Output {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut command = if root {
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd || exit 1; fi; exec \"$0\" \"$@\"")
-            .arg("systemd-analyze");
-        c
-    } else {
-        Command::new("systemd-analyze")
-    };
-    command
-        .args(args)
-        .output()
-        .expect("systemd-analyze (Debian package systemd) must be installed")
+    require_tool("systemd-analyze", "systemd");
+    if is_root() {
+        require_tool("unshare", "util-linux");
+    }
+    lunch_testkit::systemd_analyze(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// The installed tree, plus this host's own units (the default
@@ -257,20 +245,18 @@ fn analyzable_tree(version: u32) -> tempfile::TempDir {
     install(dir.path(), version);
     let units = dir.path().join("usr/lib/systemd/system");
     std::fs::create_dir_all(&units).unwrap();
-    let status = Command::new("cp")
+    Command::new("cp")
         .args(["-a", "/usr/lib/systemd/system/.", units.to_str().unwrap()])
-        .status()
+        .run_checked()
         .unwrap();
-    assert!(status.success());
     dir
 }
 
 fn host_systemd_version() -> u32 {
-    let out = Command::new("systemctl")
+    let text = Command::new(require_tool("systemctl", "systemd"))
         .arg("--version")
-        .output()
-        .expect("systemctl must be installed");
-    let text = String::from_utf8_lossy(&out.stdout);
+        .read_checked()
+        .unwrap();
     let word = text
         .split_whitespace()
         .nth(1)
@@ -336,9 +322,7 @@ fn copy_credentials_gives_the_runtime_directory_owner_a_private_copy() {
     for d in [&archive, &live, &runtime] {
         std::fs::create_dir(d).unwrap();
     }
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    let owner = if unsafe { libc::geteuid() } == 0 {
+    let owner = if is_root() {
         61234
     } else {
         std::fs::metadata(&runtime).unwrap().uid()
@@ -411,8 +395,7 @@ fn certbot_hook_reloads_lunchd_for_its_own_certificate() {
             command.env("RENEWED_LINEAGE", lineage);
         }
         let _ = std::fs::remove_file(&log);
-        let status = command.status().unwrap();
-        assert!(status.success());
+        command.run_checked().unwrap();
         std::fs::read_to_string(&log).unwrap_or_default()
     };
     let reload = "try-reload-or-restart lunchd.service\n";

@@ -1,0 +1,128 @@
+//! What a server allows one client ([`Limits`]) and what it counts while
+//! it runs ([`Stats`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Bounds on what one client can hold or make the server do.
+///
+/// The defaults are safe for a server on the internet; the caller decides
+/// whether and how they are configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time from accept to a finished TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time to receive a request's complete headers (HTTP/1), from the
+    /// start of the connection or the end of the previous response. Like
+    /// the idle timeout, enforced within a quarter of it after it passes.
+    pub header_timeout: Duration,
+    /// Time a connection may pass without a byte read or written.
+    pub idle_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// Open connections per server; further clients wait in the kernel's
+    /// listen queue.
+    pub max_connections: usize,
+    /// Size of a request head (HTTP/1) or header list (HTTP/2), in bytes.
+    pub max_header_bytes: usize,
+    /// Number of header fields in an HTTP/1 request.
+    pub max_headers: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_streams: 100,
+        }
+    }
+}
+
+/// Counters of one server, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicUsize,
+    /// TLS handshakes that failed or timed out.
+    pub handshake_failures: AtomicU64,
+    /// Plain-HTTP requests refused on the TLS port.
+    pub plaintext_on_tls: AtomicU64,
+}
+
+/// Counts a connection as open for as long as it lives, however its task
+/// ends.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Arc<Stats>);
+
+impl OpenConnection {
+    pub(crate) fn new(stats: &Arc<Stats>) -> OpenConnection {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(stats))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_bound_every_client() {
+        let limits = Limits::default();
+        for timeout in [
+            limits.handshake_timeout,
+            limits.header_timeout,
+            limits.idle_timeout,
+            limits.drain_timeout,
+        ] {
+            assert!(
+                timeout >= Duration::from_secs(1) && timeout <= Duration::from_secs(600),
+                "{limits:?}"
+            );
+        }
+        // A slow client gets no more time for a head or a handshake than
+        // for silence.
+        assert!(limits.header_timeout <= limits.idle_timeout, "{limits:?}");
+        assert!(limits.handshake_timeout <= limits.idle_timeout, "{limits:?}");
+        assert!(limits.max_connections >= 1);
+        // hyper's HTTP/1 read buffer is at least 8 KiB: less would not bound
+        // anything lower.
+        assert!(limits.max_header_bytes >= 8192, "{limits:?}");
+        assert!(limits.max_header_bytes <= 1024 * 1024, "{limits:?}");
+        assert!((1..=1000).contains(&limits.max_headers), "{limits:?}");
+        assert!((1..=10_000).contains(&limits.max_streams), "{limits:?}");
+    }
+
+    #[test]
+    fn a_connection_counts_as_open_until_it_ends_however_it_ends() {
+        let stats = Arc::new(Stats::default());
+        let first = OpenConnection::new(&stats);
+        let second = OpenConnection::new(&stats);
+        assert_eq!(stats.active.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(stats.active.load(Ordering::Relaxed), 1);
+        let panicked = std::thread::spawn(move || {
+            let _open = second;
+            panic!("a connection's task panics");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+    }
+}
