@@ -37,9 +37,12 @@ fn six_day_certificate(dir: &Path, ca: &TestCa, left: u64) -> (PathBuf, PathBuf,
         .unwrap()
         .as_secs();
     let at = |secs: u64| rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(secs);
+    // Half an hour more than `left`, so that lunchd, which reads it a
+    // moment later and counts whole hours down, still sees `left` hours.
+    let not_after = now + left * HOUR + HOUR / 2;
     let leaf = ca.issue_with(&["lunch.test"], 0x51, |p| {
-        p.not_before = at(now + left * HOUR - 160 * HOUR);
-        p.not_after = at(now + left * HOUR);
+        p.not_before = at(not_after - 160 * HOUR);
+        p.not_after = at(not_after);
     });
     let (key, chain) = write_leaf(dir, &leaf);
     (key, chain, leaf.serial)
