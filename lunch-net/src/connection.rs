@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::deadlines::{Deadlines, Heads};
-use crate::handler::{Handler, HyperService};
+use crate::handler::{ConnectionInfo, Handler, HyperService, tag};
 use crate::handshake::{Handshake, handshake};
 use crate::limits::{Limits, OpenConnection, Stats};
 
@@ -31,6 +31,8 @@ pub(crate) struct Connection<S> {
     handshake_timeout: Duration,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// Whether requests get a [`ConnectionInfo`].
+    pub(crate) connection_info: bool,
 }
 
 impl<S> Connection<S> {
@@ -59,6 +61,7 @@ impl<S> Connection<S> {
             handshake_timeout: limits.handshake_timeout,
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
+            connection_info: false,
         }
     }
 }
@@ -83,22 +86,35 @@ impl<S: Handler> ConnectionTask<S> {
         let _ = stream.set_nodelay(true);
         let conn = Arc::clone(&self.conn);
         let service = conn.handler.clone();
+        let info = |server_name: Option<&str>| {
+            conn.connection_info.then(|| ConnectionInfo {
+                peer,
+                server_name: server_name.map(Into::into),
+            })
+        };
         match &conn.tls {
             None => {
-                if let Err(e) = serve_http1(&conn, stream, service, self.stopping).await {
+                if let Err(e) = serve_http1(&conn, stream, service, info(None), self.stopping).await {
                     tracing::debug!(%peer, "http connection ended: {e}");
                 }
             }
             Some(acceptor) => match timeout(conn.handshake_timeout, handshake(acceptor, stream)).await {
                 Ok(Ok(Handshake::Tls(tls))) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let session = tls.get_ref().1;
+                    let kind = match session.handshake_kind() {
+                        Some(rustls::HandshakeKind::Resumed) => &self.stats.handshakes_resumed,
+                        _ => &self.stats.handshakes_full,
+                    };
+                    kind.fetch_add(1, Ordering::Relaxed);
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let info = info(session.server_name());
                     let served = if h2 {
                         let io = TokioIo::new(Deadlines::idle(tls, conn.idle_timeout));
                         self.watcher
-                            .watch(conn.http2.serve_connection(io, HyperService(service)))
+                            .watch(conn.http2.serve_connection(io, HyperService(service, info)))
                             .await
                     } else {
-                        serve_http1(&conn, tls, service, self.stopping).await
+                        serve_http1(&conn, tls, service, info, self.stopping).await
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, "https connection ended: {e}");
@@ -114,6 +130,7 @@ impl<S: Handler> ConnectionTask<S> {
                 }
                 Err(_) => {
                     self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "TLS handshake timed out");
                 }
             },
@@ -138,6 +155,7 @@ async fn serve_http1<I, S: Handler>(
     conn: &Connection<S>,
     io: I,
     service: S,
+    info: Option<ConnectionInfo>,
     mut stopping: watch::Receiver<bool>,
 ) -> hyper::Result<()>
 where
@@ -147,7 +165,8 @@ where
     let io = Deadlines::http1(io, conn.idle_timeout, conn.header_timeout, heads.clone());
     let request_seen = Arc::new(Notify::new());
     let seen = Arc::clone(&request_seen);
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request| {
+        tag(&mut request, info.as_ref());
         // Only the first request matters to the drain; a stored permit
         // makes `notified()` return at once, however late the drain starts.
         if heads.arrived() == 0 {

@@ -55,15 +55,33 @@ where
 /// A [`Handler`] as the hyper service it is, for hyper's connection
 /// builders; no cost beyond the call it forwards.
 #[derive(Debug, Clone)]
-pub(crate) struct HyperService<H>(pub(crate) H);
+pub(crate) struct HyperService<H>(pub(crate) H, pub(crate) Option<ConnectionInfo>);
 
 impl<H: Handler> Service<Request<Incoming>> for HyperService<H> {
     type Response = Response<H::Body>;
     type Error = Infallible;
     type Future = H::Future;
 
-    fn call(&self, request: Request<Incoming>) -> H::Future {
+    fn call(&self, mut request: Request<Incoming>) -> H::Future {
+        tag(&mut request, self.1.as_ref());
         self.0.handle(request)
+    }
+}
+
+/// What a request's connection is, as an extension of every request of a
+/// server made [`with_connection_info`](crate::Server::with_connection_info).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The TLS server name (SNI) the client sent, if any.
+    pub server_name: Option<std::sync::Arc<str>>,
+}
+
+/// Gives `request` the extension `info`, when there is one.
+pub(crate) fn tag(request: &mut Request<Incoming>, info: Option<&ConnectionInfo>) {
+    if let Some(info) = info {
+        request.extensions_mut().insert(info.clone());
     }
 }
 

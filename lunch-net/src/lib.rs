@@ -36,7 +36,7 @@ mod testing;
 pub mod tls;
 mod workers;
 
-pub use handler::{Handler, tower_handler};
+pub use handler::{ConnectionInfo, Handler, tower_handler};
 pub use limits::{Limits, Stats};
 pub use probe::Probe;
 pub use server::Server;

@@ -25,13 +25,15 @@ pub const SD_LISTEN_FDS_START: RawFd = 3;
 pub const HTTP: &str = Role::Http.name();
 /// The name of the socket that gets the TLS server.
 pub const HTTPS: &str = Role::Https.name();
+/// The name of the optional socket that gets the metrics server.
+pub const METRICS: &str = Role::Metrics.name();
 /// The name of the UDP socket that gets the HTTP/3 server.
 pub const QUIC: &str = Role::Quic.name();
 
 /// What a named socket is for. Its name is what `FileDescriptorName=`
 /// gives the socket in its unit.
 ///
-/// A new kind of socket (a `metrics` one) is a new variant here, its name
+/// A new kind of socket is a new variant here, its name
 /// in [`Role::name`], its [`SocketKind`] in [`Role::kind`] and an entry in
 /// [`Role::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +42,8 @@ pub enum Role {
     Http,
     /// `https`: the TLS server.
     Https,
+    /// `metrics`: the optional Prometheus metrics server.
+    Metrics,
     /// `quic`: the HTTP/3 server, on a UDP socket.
     Quic,
 }
@@ -55,13 +59,14 @@ pub enum SocketKind {
 
 impl Role {
     /// Every role, in the order names are listed in messages.
-    pub const ALL: [Role; 3] = [Role::Http, Role::Https, Role::Quic];
+    pub const ALL: [Role; 4] = [Role::Http, Role::Https, Role::Metrics, Role::Quic];
 
     /// The socket name of the role.
     pub const fn name(self) -> &'static str {
         match self {
             Role::Http => "http",
             Role::Https => "https",
+            Role::Metrics => "metrics",
             Role::Quic => "quic",
         }
     }
@@ -69,7 +74,7 @@ impl Role {
     /// The kind of socket the role takes.
     pub const fn kind(self) -> SocketKind {
         match self {
-            Role::Http | Role::Https => SocketKind::Stream,
+            Role::Http | Role::Https | Role::Metrics => SocketKind::Stream,
             Role::Quic => SocketKind::Datagram,
         }
     }
@@ -595,8 +600,8 @@ mod tests {
         assert!(err(&["https", "https"], &[Https, Http]).starts_with("two sockets are named `https`"));
         assert_eq!(
             err(&["http", "web"], &[Https, Http]),
-            "socket 1 is named `web`; lunchd knows only `http`, `https` and `quic`; fix FileDescriptorName= in the socket \
-             unit"
+            "socket 1 is named `web`; lunchd knows only `http`, `https`, `metrics` and `quic`; fix FileDescriptorName= in \
+             the socket unit"
         );
     }
 

@@ -27,6 +27,10 @@ use lunch_testkit::{Checked, systemd_analyze};
 const NOTIFY_RELOAD_AFTER_EXEC_RELOAD: u32 = 259;
 /// The first systemd with `RefreshOnReload=credentials`.
 const REFRESH_ON_RELOAD: u32 = 260;
+/// The first systemd with `ProtectControlGroups=strict` (a cgroup
+/// namespace, its cgroupfs read-only) and `PrivateTmp=disconnected` (a
+/// tmpfs of its own, tied to no host directory).
+const NAMESPACED_CGROUPS_TMP: u32 = 257;
 
 const TEMPLATE_PREFIX: &str = "/usr/local";
 const TEMPLATE_LIVE_DIR: &str = "/etc/letsencrypt/live/example.com";
@@ -332,6 +336,10 @@ pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix:
         // systemd sends SIGHUP itself, after ExecReload= (if any) succeeded.
         unit = unit.replace("ExecReload=/bin/kill -HUP $MAINPID\n", "");
     }
+    if version >= NAMESPACED_CGROUPS_TMP {
+        unit = replace_all(&unit, "\nProtectControlGroups=yes\n", "\nProtectControlGroups=strict\n")?;
+        unit = replace_all(&unit, "\nPrivateTmp=yes\n", "\nPrivateTmp=disconnected\n")?;
+    }
     if unit.contains(TEMPLATE_LIVE_DIR) && domain != "example.com" {
         bail!("deploy/lunchd.service mentions {TEMPLATE_LIVE_DIR} in a place install-units does not fill in");
     }
@@ -416,7 +424,7 @@ fn parse_systemd_version(text: &str) -> Option<u32> {
     number.parse().ok()
 }
 
-fn build_release(root: &Path) -> anyhow::Result<()> {
+pub(crate) fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(cargo)
         .current_dir(root)
@@ -520,13 +528,25 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let mut problems = Vec::new();
     for line in stderr.lines().filter(|l| l.contains("lunchd")) {
-        // What systemd-analyze 252 says about exactly these two settings.
-        let newer = (version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD
-            && analyzer < 253
-            && line.ends_with("Failed to parse service type, ignoring: notify-reload"))
-            || (version >= REFRESH_ON_RELOAD
-                && analyzer < REFRESH_ON_RELOAD
-                && line.ends_with("Unknown key 'RefreshOnReload' in section [Service], ignoring."));
+        // What systemd-analyze 252 says about exactly the settings newer
+        // versions get: (added in, the end of the warning).
+        let newer = [
+            (253, "Failed to parse service type, ignoring: notify-reload"),
+            (
+                REFRESH_ON_RELOAD,
+                "Unknown key 'RefreshOnReload' in section [Service], ignoring.",
+            ),
+            (
+                NAMESPACED_CGROUPS_TMP,
+                "Failed to parse boolean value, ignoring: strict",
+            ),
+            (
+                NAMESPACED_CGROUPS_TMP,
+                "Failed to parse boolean value, ignoring: disconnected",
+            ),
+        ]
+        .iter()
+        .any(|(added, warning)| version >= *added && analyzer < *added && line.ends_with(warning));
         if newer {
             println!("note: systemd-analyze {analyzer} does not know a setting of systemd {version}: {line}");
         } else {
@@ -635,6 +655,27 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{error:#}").contains("RefreshOnReloadd"), "{error:#}");
+    }
+
+    #[test]
+    fn systemd_257_and_later_get_a_cgroup_namespace_and_a_disconnected_tmp() {
+        let template = fs::read_to_string(crate::project_root().join("deploy/lunchd.service")).unwrap();
+        for (version, cgroups, tmp) in [
+            (252, "yes", "yes"),
+            (256, "yes", "yes"),
+            (257, "strict", "disconnected"),
+            (262, "strict", "disconnected"),
+        ] {
+            let unit = render_service(&template, version, "lunch.example", Path::new(TEMPLATE_PREFIX)).unwrap();
+            assert!(
+                unit.contains(&format!("\nProtectControlGroups={cgroups}\n")),
+                "systemd {version}:\n{unit}"
+            );
+            assert!(
+                unit.contains(&format!("\nPrivateTmp={tmp}\n")),
+                "systemd {version}:\n{unit}"
+            );
+        }
     }
 
     #[test]
