@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::clients::ClientSlot;
 use crate::deadlines::{Deadlines, Heads};
-use crate::handler::Handler;
+use crate::handler::{ConnectionInfo, Handler, tag};
 use crate::handshake::{Handshake, handshake};
 use crate::limits::{Limits, OpenConnection, Stats};
 
@@ -39,6 +39,8 @@ pub(crate) struct Connection<S> {
     handshake_timeout: Duration,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// Whether requests get a [`ConnectionInfo`].
+    pub(crate) connection_info: bool,
 }
 
 impl<S> Connection<S> {
@@ -72,6 +74,7 @@ impl<S> Connection<S> {
             handshake_timeout: limits.handshake_timeout,
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
+            connection_info: false,
         }
     }
 }
@@ -99,19 +102,32 @@ impl<S: Handler> ConnectionTask<S> {
         let _ = stream.set_nodelay(true);
         let conn = Arc::clone(&self.conn);
         let service = conn.handler.clone();
+        let info = |server_name: Option<&str>| {
+            conn.connection_info.then(|| ConnectionInfo {
+                peer,
+                server_name: server_name.map(Into::into),
+            })
+        };
         match &conn.tls {
             None => {
-                if let Err(e) = serve_http1(&conn, stream, service, self.stopping).await {
+                if let Err(e) = serve_http1(&conn, stream, service, info(None), self.stopping).await {
                     tracing::debug!(%peer, "http connection ended: {}", Causes(&e));
                 }
             }
             Some(acceptor) => match timeout(conn.handshake_timeout, handshake(acceptor, stream)).await {
                 Ok(Ok(Handshake::Tls(tls))) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let session = tls.get_ref().1;
+                    let kind = match session.handshake_kind() {
+                        Some(rustls::HandshakeKind::Resumed) => &self.stats.handshakes_resumed,
+                        _ => &self.stats.handshakes_full,
+                    };
+                    kind.fetch_add(1, Ordering::Relaxed);
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let info = info(session.server_name());
                     let served = if h2 {
-                        serve_http2(&conn, tls, service, self.watcher).await
+                        serve_http2(&conn, tls, service, info, self.watcher).await
                     } else {
-                        serve_http1(&conn, tls, service, self.stopping).await
+                        serve_http1(&conn, tls, service, info, self.stopping).await
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, "https connection ended: {}", Causes(&e));
@@ -127,6 +143,7 @@ impl<S: Handler> ConnectionTask<S> {
                 }
                 Err(_) => {
                     self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "TLS handshake timed out");
                 }
             },
@@ -187,15 +204,24 @@ fn headers_too_large(max_header_bytes: usize) -> Response<Full<Bytes>> {
 /// Serves one HTTP/2 connection within its idle deadline; a request whose
 /// header list is over the limit gets [`headers_too_large`] and the
 /// connection goes on.
-async fn serve_http2<I, S: Handler>(conn: &Connection<S>, io: I, service: S, watcher: Watcher) -> hyper::Result<()>
+async fn serve_http2<I, S: Handler>(
+    conn: &Connection<S>,
+    io: I,
+    service: S,
+    info: Option<ConnectionInfo>,
+    watcher: Watcher,
+) -> hyper::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(Deadlines::idle(io, conn.idle_timeout));
     let max = conn.max_header_bytes;
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let too_large = header_list_size(&request) > max;
-        let answer = (!too_large).then(|| service.handle(request));
+        let answer = (!too_large).then(|| {
+            tag(&mut request, info.as_ref());
+            service.handle(request)
+        });
         async move {
             Ok::<_, Infallible>(match answer {
                 Some(answer) => answer.await?.map(Either::Left),
@@ -239,6 +265,7 @@ async fn serve_http1<I, S: Handler>(
     conn: &Connection<S>,
     io: I,
     service: S,
+    info: Option<ConnectionInfo>,
     mut stopping: watch::Receiver<bool>,
 ) -> hyper::Result<()>
 where
@@ -248,7 +275,8 @@ where
     let io = Deadlines::http1(io, conn.idle_timeout, conn.header_timeout, heads.clone());
     let request_seen = Arc::new(Notify::new());
     let seen = Arc::clone(&request_seen);
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request| {
+        tag(&mut request, info.as_ref());
         // Only the first request matters to the drain; a stored permit
         // makes `notified()` return at once, however late the drain starts.
         if heads.arrived() == 0 {

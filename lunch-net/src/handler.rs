@@ -22,19 +22,22 @@ impl<B> ResponseBody for B where B: Body<Data = Bytes, Error: Into<Box<dyn Error
 /// connection, such as [`Redirector`](crate::redirect::Redirector) or an
 /// axum router through [`tower_handler`]. Every such service is a
 /// `Handler`; there is nothing to implement.
-pub trait Handler: Clone + Send + Sync + 'static {
+///
+/// `R` is the body of the requests: hyper's [`Incoming`] over TCP,
+/// `quic::QuicBody` over HTTP/3 (an axum router takes either).
+pub trait Handler<R = Incoming>: Clone + Send + Sync + 'static {
     /// The body of its responses.
     type Body: ResponseBody;
     /// The answer to one request.
     type Future: Future<Output = Result<Response<Self::Body>, Infallible>> + Send + 'static;
 
     /// Answers `request`.
-    fn handle(&self, request: Request<Incoming>) -> Self::Future;
+    fn handle(&self, request: Request<R>) -> Self::Future;
 }
 
-impl<S, B> Handler for S
+impl<S, B, R> Handler<R> for S
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    S: Service<Request<R>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
         + Clone
         + Send
         + Sync
@@ -44,8 +47,25 @@ where
     type Body = B;
     type Future = S::Future;
 
-    fn handle(&self, request: Request<Incoming>) -> S::Future {
+    fn handle(&self, request: Request<R>) -> S::Future {
         self.call(request)
+    }
+}
+
+/// What a request's connection is, as an extension of every request of a
+/// server made [`with_connection_info`](crate::Server::with_connection_info).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The TLS server name (SNI) the client sent, if any.
+    pub server_name: Option<std::sync::Arc<str>>,
+}
+
+/// Gives `request` the extension `info`, when there is one.
+pub(crate) fn tag(request: &mut Request<Incoming>, info: Option<&ConnectionInfo>) {
+    if let Some(info) = info {
+        request.extensions_mut().insert(info.clone());
     }
 }
 

@@ -1,5 +1,5 @@
-//! lunchd's network layer: turns the sockets systemd hands over into two
-//! servers.
+//! lunchd's network layer: turns the sockets systemd hands over into
+//! servers: plain HTTP, HTTPS over TCP and HTTP/3 over QUIC.
 //!
 //! - [`sockets`] interprets `LISTEN_FDS`/`LISTEN_FDNAMES`, gives each
 //!   socket name its [`Role`](sockets::Role) and adopts the sockets (or
@@ -12,6 +12,8 @@
 //! - [`Server`] runs a [`Handler`] (the redirector, or an axum router
 //!   through [`tower_handler`]) on a listener within [`Limits`], and
 //!   drains gracefully when its shutdown future completes;
+//! - [`quic`] serves HTTP/3 on a UDP socket with the same handler and
+//!   certificate store;
 //! - [`Workers`] are the threads connections are served on, one
 //!   single-threaded runtime per core; a [`Probe`] proves a server or a
 //!   worker still makes progress.
@@ -26,6 +28,7 @@ mod handler;
 mod handshake;
 mod limits;
 mod probe;
+pub mod quic;
 pub mod redirect;
 mod server;
 pub mod sockets;
@@ -34,7 +37,7 @@ mod testing;
 pub mod tls;
 mod workers;
 
-pub use handler::{Handler, tower_handler};
+pub use handler::{ConnectionInfo, Handler, tower_handler};
 pub use limits::{Limits, Stats};
 pub use probe::Probe;
 pub use server::Server;

@@ -69,11 +69,21 @@ pub struct Stats {
     pub active: AtomicUsize,
     /// TLS handshakes that failed or timed out.
     pub handshake_failures: AtomicU64,
+    /// Of those, the ones that timed out.
+    pub handshake_timeouts: AtomicU64,
     /// Plain-HTTP requests refused on the TLS port.
     pub plaintext_on_tls: AtomicU64,
     /// Connections closed right after accept because their client already
     /// held `Limits::max_connections_per_client`.
     pub refused_per_client: AtomicU64,
+    /// TLS handshakes completed in full.
+    pub handshakes_full: AtomicU64,
+    /// TLS handshakes that resumed an earlier session.
+    pub handshakes_resumed: AtomicU64,
+    /// Times the server reached `max_connections` and stopped accepting
+    /// until a connection ended (new clients wait in the listen queue;
+    /// none is refused).
+    pub limit_reached: AtomicU64,
 }
 
 /// Counts a connection as open for as long as it lives, however its task

@@ -37,6 +37,7 @@ pub struct Server<S> {
     stats: Arc<Stats>,
     probe: Probe,
     questions: Questions,
+    connection_info: bool,
 }
 
 impl<S> std::fmt::Debug for Server<S> {
@@ -89,12 +90,21 @@ impl<S: Handler> Server<S> {
             stats: Arc::default(),
             probe,
             questions,
+            connection_info: false,
         })
     }
 
     /// Names the server in its log lines: `http` or `https` unless named.
     pub fn named(mut self, name: &'static str) -> Server<S> {
         self.name = name;
+        self
+    }
+
+    /// Gives every request a [`ConnectionInfo`](crate::ConnectionInfo)
+    /// extension: the client's address and the TLS server name, for an
+    /// access log. Off by default: it costs an allocation per request.
+    pub fn with_connection_info(mut self) -> Server<S> {
+        self.connection_info = true;
         self
     }
 
@@ -133,10 +143,13 @@ impl<S: Handler> Server<S> {
             stats,
             probe,
             mut questions,
+            connection_info,
         } = self;
         // Once every probe handed out is gone, no question can come.
         drop(probe);
-        let conn = Arc::new(Connection::new(handler, &limits, tls));
+        let mut conn = Connection::new(handler, &limits, tls);
+        conn.connection_info = connection_info;
+        let conn = Arc::new(conn);
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let clients = Arc::new(Clients::new(
             limits.max_connections_per_client,
@@ -201,6 +214,7 @@ impl<S: Handler> Server<S> {
                 else => break,
             }
             if permit.is_none() && slots.available_permits() == 0 && !full_since_warned {
+                stats.limit_reached.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     server = name,
                     limit = limits.max_connections,

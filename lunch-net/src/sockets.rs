@@ -12,7 +12,7 @@
 //! into a socket.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,29 +25,57 @@ pub const SD_LISTEN_FDS_START: RawFd = 3;
 pub const HTTP: &str = Role::Http.name();
 /// The name of the socket that gets the TLS server.
 pub const HTTPS: &str = Role::Https.name();
+/// The name of the optional socket that gets the metrics server.
+pub const METRICS: &str = Role::Metrics.name();
+/// The name of the UDP socket that gets the HTTP/3 server.
+pub const QUIC: &str = Role::Quic.name();
 
 /// What a named socket is for. Its name is what `FileDescriptorName=`
 /// gives the socket in its unit.
 ///
-/// A new kind of socket (a `metrics` or `quic` one) is a new variant here,
-/// its name in [`Role::name`] and an entry in [`Role::ALL`].
+/// A new kind of socket is a new variant here, its name
+/// in [`Role::name`], its [`SocketKind`] in [`Role::kind`] and an entry in
+/// [`Role::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// `http`: the plain-HTTP redirect server.
     Http,
     /// `https`: the TLS server.
     Https,
+    /// `metrics`: the optional Prometheus metrics server.
+    Metrics,
+    /// `quic`: the HTTP/3 server, on a UDP socket.
+    Quic,
+}
+
+/// What kind of socket a role takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    /// A listening TCP socket (`ListenStream=`).
+    Stream,
+    /// A UDP socket (`ListenDatagram=`).
+    Datagram,
 }
 
 impl Role {
     /// Every role, in the order names are listed in messages.
-    pub const ALL: [Role; 2] = [Role::Http, Role::Https];
+    pub const ALL: [Role; 4] = [Role::Http, Role::Https, Role::Metrics, Role::Quic];
 
     /// The socket name of the role.
     pub const fn name(self) -> &'static str {
         match self {
             Role::Http => "http",
             Role::Https => "https",
+            Role::Metrics => "metrics",
+            Role::Quic => "quic",
+        }
+    }
+
+    /// The kind of socket the role takes.
+    pub const fn kind(self) -> SocketKind {
+        match self {
+            Role::Http | Role::Https | Role::Metrics => SocketKind::Stream,
+            Role::Quic => SocketKind::Datagram,
         }
     }
 
@@ -157,6 +185,16 @@ pub enum SocketError {
         /// What the check said.
         source: io::Error,
     },
+    /// The descriptor is not a UDP socket.
+    #[error("socket `{name}` (fd {fd}) is not a UDP socket: {source}; use ListenDatagram= with a port or address")]
+    NotUdp {
+        /// Its name.
+        name: String,
+        /// The descriptor number.
+        fd: RawFd,
+        /// What the check said.
+        source: io::Error,
+    },
     /// The descriptor is a TCP socket that is not listening.
     #[error("socket `{name}` (fd {fd}) is not listening; use ListenStream= and Accept=no in the socket unit")]
     NotListening {
@@ -201,15 +239,40 @@ impl RoleMap {
     }
 }
 
-/// The listeners systemd passed, by role.
+/// The sockets systemd passed, by role.
 #[derive(Debug, Default)]
-pub struct Listeners([Option<TcpListener>; Role::ALL.len()]);
+pub struct Listeners([Option<Inherited>; Role::ALL.len()]);
+
+#[derive(Debug)]
+enum Inherited {
+    Stream(TcpListener),
+    Datagram(UdpSocket),
+}
 
 impl Listeners {
-    /// Takes `role`'s listener out; [`SocketError::Missing`] if there is
-    /// none (or it was taken before).
+    /// Takes the listener of `role` (a [`SocketKind::Stream`] role) out;
+    /// [`SocketError::Missing`] if there is none (or it was taken before).
     pub fn take(&mut self, role: Role) -> Result<TcpListener, SocketError> {
-        self.0[role.index()].take().ok_or(SocketError::Missing { role })
+        match self.0[role.index()].take() {
+            Some(Inherited::Stream(listener)) => Ok(listener),
+            Some(other) => {
+                self.0[role.index()] = Some(other);
+                Err(SocketError::Missing { role })
+            }
+            None => Err(SocketError::Missing { role }),
+        }
+    }
+
+    /// Takes the UDP socket of `role` (a [`SocketKind::Datagram`] role)
+    /// out, if one was passed: such sockets are optional.
+    pub fn take_datagram(&mut self, role: Role) -> Option<UdpSocket> {
+        match self.0[role.index()].take() {
+            Some(Inherited::Datagram(socket)) => Some(socket),
+            other => {
+                self.0[role.index()] = other;
+                None
+            }
+        }
     }
 }
 
@@ -282,8 +345,9 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 /// Takes ownership of the inherited sockets, named by `names` (from
 /// [`parse_listen_env`]); call once, at start.
 ///
-/// Each socket is checked to be a listening TCP socket, marked close-on-exec
-/// and switched to non-blocking mode, as tokio needs. Every named socket is
+/// Each socket is checked to be of its role's [`SocketKind`] (a listening
+/// TCP socket, or a UDP socket), marked close-on-exec and switched to
+/// non-blocking mode, as tokio needs. Every named socket is
 /// taken, also those of roles not in `required`: dropping them is the
 /// caller's choice.
 pub fn adopt(names: &[String], required: &[Role]) -> Result<Listeners, SocketError> {
@@ -302,51 +366,79 @@ pub fn adopt(names: &[String], required: &[Role]) -> Result<Listeners, SocketErr
         // owns them but this function: `ADOPTED` lets it run once, and
         // `map_names` gives each position one role. The borrow only asks
         // the kernel about the descriptor; a descriptor that is not open or
-        // not a listening TCP socket fails the check (EBADF, ENOTSOCK...)
-        // before ownership is taken, so no other kind of file is ever
-        // closed as a socket.
+        // not a socket of the role's kind fails the check (EBADF,
+        // ENOTSOCK...) before ownership is taken, so no other kind of file
+        // is ever closed as a socket.
         #[allow(unsafe_code)]
-        let listener = unsafe {
-            check_listening_tcp(BorrowedFd::borrow_raw(fd), &name, fd)?;
-            TcpListener::from_raw_fd(fd)
+        let socket = unsafe {
+            check_kind(BorrowedFd::borrow_raw(fd), role.kind(), &name, fd)?;
+            Socket::from_raw_fd(fd)
         };
         let prepare = || -> io::Result<()> {
-            SockRef::from(&listener).set_cloexec(true)?;
-            listener.set_nonblocking(true)
+            socket.set_cloexec(true)?;
+            socket.set_nonblocking(true)
         };
-        prepare().map_err(|source| SocketError::NotTcp {
-            name: name.clone(),
-            fd,
-            source,
-        })?;
+        let listener = match role.kind() {
+            SocketKind::Stream => {
+                prepare().map_err(|source| SocketError::NotTcp {
+                    name: name.clone(),
+                    fd,
+                    source,
+                })?;
+                Inherited::Stream(socket.into())
+            }
+            SocketKind::Datagram => {
+                prepare().map_err(|source| SocketError::NotUdp {
+                    name: name.clone(),
+                    fd,
+                    source,
+                })?;
+                Inherited::Datagram(socket.into())
+            }
+        };
         listeners.0[role.index()] = Some(listener);
     }
     Ok(listeners)
 }
 
-/// Whether `socket` is a listening TCP socket over IPv4 or IPv6.
-fn check_listening_tcp(socket: BorrowedFd<'_>, name: &str, fd: RawFd) -> Result<(), SocketError> {
+/// Whether `socket` is of `kind`: a listening TCP socket or a UDP socket,
+/// over IPv4 or IPv6.
+fn check_kind(socket: BorrowedFd<'_>, kind: SocketKind, name: &str, fd: RawFd) -> Result<(), SocketError> {
     let socket = SockRef::from(&socket);
-    let not_tcp = |source| SocketError::NotTcp {
-        name: name.to_owned(),
-        fd,
-        source,
-    };
-    let kind = socket.r#type().map_err(not_tcp)?;
-    let domain = socket.domain().map_err(not_tcp)?;
-    if kind != Type::STREAM || !(domain == Domain::IPV4 || domain == Domain::IPV6) {
-        return Err(not_tcp(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("it is {} socket", describe(domain, kind)),
-        )));
-    }
-    match socket.is_listener() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(SocketError::NotListening {
+    let wrong = |source| match kind {
+        SocketKind::Stream => SocketError::NotTcp {
             name: name.to_owned(),
             fd,
-        }),
-        Err(source) => Err(not_tcp(source)),
+            source,
+        },
+        SocketKind::Datagram => SocketError::NotUdp {
+            name: name.to_owned(),
+            fd,
+            source,
+        },
+    };
+    let wanted = match kind {
+        SocketKind::Stream => Type::STREAM,
+        SocketKind::Datagram => Type::DGRAM,
+    };
+    let found = socket.r#type().map_err(wrong)?;
+    let domain = socket.domain().map_err(wrong)?;
+    if found != wanted || !(domain == Domain::IPV4 || domain == Domain::IPV6) {
+        return Err(wrong(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {} socket", describe(domain, found)),
+        )));
+    }
+    match kind {
+        SocketKind::Datagram => Ok(()),
+        SocketKind::Stream => match socket.is_listener() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SocketError::NotListening {
+                name: name.to_owned(),
+                fd,
+            }),
+            Err(source) => Err(wrong(source)),
+        },
     }
 }
 
@@ -377,6 +469,21 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, SocketError> {
         }
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|source| SocketError::Bind { addr, source })
+}
+
+/// Binds the UDP socket `addr` the way a socket unit would: IPv6 sockets
+/// dual-stack, non-blocking.
+pub fn bind_datagram(addr: SocketAddr) -> Result<UdpSocket, SocketError> {
+    let bind = || -> io::Result<UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
         socket.set_nonblocking(true)?;
         Ok(socket.into())
     };
@@ -472,7 +579,9 @@ mod tests {
             assert_eq!(Role::ALL[role.index()], role);
         }
         assert_eq!(Role::from_name("web"), None);
-        assert_eq!((HTTP, HTTPS), ("http", "https"));
+        assert_eq!((HTTP, HTTPS, QUIC), ("http", "https", "quic"));
+        assert_eq!(Role::Quic.kind(), SocketKind::Datagram);
+        assert_eq!(Role::Https.kind(), SocketKind::Stream);
     }
 
     #[test]
@@ -491,12 +600,13 @@ mod tests {
         assert!(err(&["https", "https"], &[Https, Http]).starts_with("two sockets are named `https`"));
         assert_eq!(
             err(&["http", "web"], &[Https, Http]),
-            "socket 1 is named `web`; lunchd knows only `http` and `https`; fix FileDescriptorName= in the socket unit"
+            "socket 1 is named `web`; lunchd knows only `http`, `https`, `metrics` and `quic`; fix FileDescriptorName= in \
+             the socket unit"
         );
     }
 
     fn check_fd(fd: &impl std::os::fd::AsFd) -> Result<(), String> {
-        check_listening_tcp(fd.as_fd(), "https", 3).map_err(|e| e.to_string())
+        check_kind(fd.as_fd(), SocketKind::Stream, "https", 3).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -525,6 +635,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
         assert!(check_fd(&unix).unwrap_err().contains("it is a Unix stream socket"));
+        let udp_check = |fd: &dyn std::os::fd::AsFd| {
+            check_kind(fd.as_fd(), SocketKind::Datagram, "quic", 5).map_err(|e| e.to_string())
+        };
+        assert_eq!(udp_check(&udp), Ok(()));
+        assert_eq!(
+            udp_check(&listener),
+            Err(
+                "socket `quic` (fd 5) is not a UDP socket: it is an IPv4 stream socket; \
+                 use ListenDatagram= with a port or address"
+                    .into()
+            )
+        );
         let file = std::fs::File::open("/dev/null").unwrap();
         assert!(
             check_fd(&file)

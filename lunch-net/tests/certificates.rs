@@ -8,10 +8,10 @@ use std::time::SystemTime;
 use lunch_net::tls::{CertificateError, CertificateFiles, CertificateStore, LoadedCertificate};
 
 fn openssl(args: &[&str]) {
-    let output = Command::new("openssl")
+    let output = Command::new(lunch_testkit::require_tool("openssl", "openssl"))
         .args(args)
         .output()
-        .expect("openssl must be installed");
+        .expect("running openssl");
     assert!(
         output.status.success(),
         "openssl {args:?}: {}",

@@ -325,6 +325,8 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Log {
         pub level: Option<Spanned<String>>,
+        pub access: Option<bool>,
+        pub access_query: Option<bool>,
     }
 }
 
@@ -364,6 +366,10 @@ pub struct Config {
     pub limits: Limits,
     /// Log filter (`RUST_LOG` syntax).
     pub log_level: String,
+    /// Whether to write the access log (`[log] access`).
+    pub access_log: bool,
+    /// Whether access log lines keep the query string.
+    pub access_query: bool,
 }
 
 impl Default for Config {
@@ -740,6 +746,8 @@ impl Config {
             hsts_max_age: https.hsts_max_age.unwrap_or(31_536_000),
             limits,
             log_level,
+            access_log: raw.log.access.unwrap_or(false),
+            access_query: raw.log.access_query.unwrap_or(false),
         }
     }
 }

@@ -1,22 +1,31 @@
 //! The running daemon: both servers, signals, reload and readiness.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
+use axum::http::header::ALT_SVC;
 use lunch_core::Picker;
+use lunch_net::quic::QuicServer;
 use lunch_net::redirect::{AllowedHosts, RedirectPolicy, SharedPolicy};
 use lunch_net::tls::{CertificateFiles, CertificateStore, LoadedCertificate};
 use lunch_net::{Probe, Server, Workers};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tower::util::MapResponse;
 
+use crate::access::AccessLog;
 use crate::app::{self, Lunch, SharedLunch};
+use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
+use crate::metrics::{self, Metrics};
 use crate::notify;
+use crate::observe::{self, Observed};
+use crate::status::{Reload, Status};
 
 /// Everything `run` needs, prepared before the runtime starts.
 pub struct Setup {
@@ -33,6 +42,12 @@ pub struct Setup {
     pub http: Option<TcpListener>,
     /// The listener of the TLS server.
     pub https: TcpListener,
+    /// The UDP socket of the HTTP/3 server, if systemd passed one.
+    pub quic: Option<UdpSocket>,
+    /// The listener of the metrics server, if any.
+    pub metrics: Option<TcpListener>,
+    /// The access log, when it is on.
+    pub access: Option<&'static AccessLog>,
     /// Whether the listeners came from socket activation.
     pub activated: bool,
     /// The certificate to start with.
@@ -102,7 +117,9 @@ struct Daemon {
     lunch: SharedLunch,
     policy: SharedPolicy,
     https_port: u16,
-    listeners: String,
+    status: Arc<Status>,
+    watch: Arc<Watch>,
+    access: Option<&'static AccessLog>,
 }
 
 /// Serves until SIGTERM or SIGINT; reloads on SIGHUP.
@@ -114,6 +131,9 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         reload_dir,
         http,
         https,
+        quic,
+        metrics: metrics_listener,
+        access,
         activated,
         certificate,
         workers,
@@ -133,15 +153,45 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let status = Arc::new(Status::new(String::new(), certwatch::unix_now()));
+    let metrics = metrics_listener.as_ref().map(|_| {
+        let servers = ["https", "http"];
+        Arc::new(Metrics::new(
+            &servers,
+            Arc::clone(&store),
+            Arc::clone(&status),
+            access,
+            status.started(),
+        ))
+    });
+    let counted = |name| metrics.as_ref().and_then(|m| m.server(name));
+
     let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
+    let quic_local = quic
+        .as_ref()
+        .map(UdpSocket::local_addr)
+        .transpose()
+        .context("reading the quic socket's address")?;
+    // Browsers learn of HTTP/3 from the responses over TCP.
+    let alt_svc = quic_local.map(|addr| {
+        HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))
+            .unwrap_or_else(|_| unreachable!("digits are a valid header value"))
+    });
+    let tcp_app = MapResponse::new(app.clone(), move |mut response: axum::response::Response| {
+        if let Some(alt_svc) = &alt_svc {
+            response.headers_mut().insert(ALT_SVC, alt_svc.clone());
+        }
+        response
+    });
     let tls_server = Server::tls(
         https,
         lunch_net::tls::server_config(Arc::clone(&store)),
-        lunch_net::tower_handler(app),
+        Observed::new(lunch_net::tower_handler(tcp_app), counted("https"), access),
         config.limits.clone(),
     )
     .context("starting the https server")?
     .with_workers(workers.clone());
+    let tls_server = observe::server(tls_server, "https", metrics.as_deref(), access.is_some());
     let mut probes: Vec<Probe> = workers.probes();
     probes.push(tls_server.probe());
     let how = if activated { "socket from systemd" } else { "bound" };
@@ -150,22 +200,54 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tls_server.run(stopped(stop_rx.clone())));
+    // HTTP/3 runs on this thread's runtime, beside the accept loops: see
+    // ARCHITECTURE.md (one socket, one endpoint task).
+    match (quic, quic_local) {
+        (Some(socket), Some(local)) => {
+            let server = QuicServer::new(
+                socket,
+                lunch_net::quic::server_config(Arc::clone(&store) as _),
+                lunch_net::tower_handler(app),
+                config.limits.clone(),
+            )
+            .context("starting the http/3 server")?;
+            probes.push(server.probe());
+            listeners.push_str(&format!(", http/3 on {local}"));
+            tracing::info!("serving http/3 on udp {local} ({how})");
+            tasks.spawn(server.run(stopped(stop_rx.clone())));
+        }
+        _ => tracing::debug!("no http/3: no socket named `quic` was passed"),
+    }
     match http.filter(|_| config.redirect) {
         Some(listener) => {
             let local = listener.local_addr().context("reading the http socket's address")?;
             let server = Server::plain(
                 listener,
-                lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
+                Observed::new(
+                    lunch_net::redirect::Redirector::new(Arc::clone(&policy)),
+                    counted("http"),
+                    access,
+                ),
                 config.limits.clone(),
             )
             .context("starting the http server")?
             .with_workers(workers.clone());
+            let server = observe::server(server, "http", metrics.as_deref(), access.is_some());
             probes.push(server.probe());
             listeners.push_str(&format!(", http redirect on {local}"));
             tracing::info!("redirecting http://{}/ to https ({how})", url_host(&local, &store));
             tasks.spawn(server.run(stopped(stop_rx.clone())));
         }
         None => tracing::info!("no redirect server: [http] redirect = false"),
+    }
+    if let (Some(listener), Some(metrics)) = (metrics_listener, &metrics) {
+        let server = metrics::server(listener, metrics, config.limits.clone())?;
+        let server = observe::server(server, "metrics", Some(metrics), false);
+        let local = server.local_addr().context("reading the metrics socket's address")?;
+        tracing::info!("serving metrics on http://{local}/metrics ({how})");
+        listeners.push_str(&format!(", metrics on {local}"));
+        probes.push(server.probe());
+        tasks.spawn(server.run(stopped(stop_rx.clone())));
     }
 
     let daemon = Daemon {
@@ -176,13 +258,17 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         lunch,
         policy,
         https_port,
-        listeners,
+        status,
+        watch: Arc::new(Watch::default()),
+        access,
     };
+    daemon.status.serving(listeners);
     // Ready means serving: every worker and accept loop has answered once. A server
     // that failed instead is reported by the loop below.
     if all_answer(&probes).await {
-        notify::ready(&daemon.status(None));
+        notify::ready(&daemon.status());
     }
+    let certificate_watch = tokio::spawn(daemon.watch_certificate());
     let watchdog = notify::watchdog_interval().map(|interval| {
         tracing::info!("watchdog enabled: pinging every {:?}", interval / 2);
         tokio::spawn(watchdog(interval, probes))
@@ -206,26 +292,35 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    certificate_watch.abort();
     notify::stopping(config.limits.drain_timeout);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Some(access) = &daemon.access {
+        access.flush();
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
 impl Daemon {
-    fn status(&self, problem: Option<&str>) -> String {
+    /// The STATUS= line, after a look at the certificate that says what
+    /// needs attention (at start and after every reload).
+    fn status(&self) -> String {
         let info = self.store.info();
-        let mut status = format!(
-            "{}; certificate {} expires {}",
-            self.listeners,
-            info.subject,
-            format_utc(info.not_after)
-        );
-        if let Some(problem) = problem {
-            status = format!("reload failed, still serving the previous configuration: {problem}; {status}");
-        }
-        status
+        let check = self.watch.observe(&info, certwatch::unix_now(), Occasion::Load);
+        self.status.line(&info, &check)
+    }
+
+    /// The hourly look at the certificate, which keeps STATUS= current.
+    fn watch_certificate(&self) -> impl Future<Output = ()> + use<> {
+        let status = Arc::clone(&self.status);
+        certwatch::run(
+            Arc::clone(&self.watch),
+            Arc::clone(&self.store),
+            certwatch::unix_now,
+            move |info, check| notify::status(&status.line(info, check)),
+        )
     }
 
     /// Re-reads the configuration and the certificate; swaps both only when
@@ -233,6 +328,9 @@ impl Daemon {
     async fn reload(&self) {
         notify::reloading();
         tracing::info!("reloading");
+        if let Some(access) = &self.access {
+            access.reopen();
+        }
         let config_path = self.config_path.clone();
         let cli_files = self.cli_files.clone();
         let reload_dir = self.reload_dir.clone();
@@ -262,26 +360,22 @@ impl Daemon {
                 tracing::info!(
                     "reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart"
                 );
-                notify::ready(&self.status(None));
+                self.status.reloaded(Reload::Ok {
+                    at: certwatch::unix_now(),
+                });
+                notify::ready(&self.status());
             }
             Err(e) => {
                 let problem = format!("{e:#}");
                 tracing::error!("reload failed, still serving the previous configuration and certificate: {problem}");
-                notify::ready(&self.status(Some(&problem)));
+                self.status.reloaded(Reload::Failed {
+                    at: certwatch::unix_now(),
+                    problem,
+                });
+                notify::ready(&self.status());
             }
         }
     }
-}
-
-/// `YYYY-MM-DD HH:MM:SS UTC`, whole seconds rounded down.
-fn format_utc(time: SystemTime) -> String {
-    let secs = match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_secs() as i64,
-        Err(before) => -(before.duration().as_secs_f64().ceil() as i64),
-    };
-    let date = lunch_core::Date::from_days_since_epoch(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!("{date} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// The refreshed copies of the command line's key and chain in
@@ -363,21 +457,5 @@ async fn watchdog(interval: Duration, probes: Vec<Probe>) {
         } else {
             tracing::error!("a server stopped answering; withholding the watchdog ping");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        let utc = |secs: u64| format_utc(UNIX_EPOCH + Duration::from_secs(secs));
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_795_824_000 + 3661), "2026-11-28 01:01:01 UTC");
-        assert_eq!(
-            format_utc(UNIX_EPOCH - Duration::from_secs(1)),
-            "1969-12-31 23:59:59 UTC"
-        );
     }
 }

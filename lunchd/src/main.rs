@@ -5,12 +5,18 @@
 //! unset their variables while the process is single-threaded), then hands
 //! over to [`daemon::run`].
 
+mod access;
 mod app;
+mod certwatch;
 mod cli;
 mod config;
 mod daemon;
 mod dev_cert;
+mod logging;
+mod metrics;
 mod notify;
+mod observe;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,8 +35,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Printed without the log prefix so that a user sees it plainly,
-            // and journald records it as the unit's last words.
-            eprintln!("lunchd: error: {e:#}");
+            // and journald records it as the unit's last words, an error.
+            logging::fatal(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -78,7 +84,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         Some(path) => config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
         None => Config::default(),
     };
-    init_logging(&config.log_level);
+    logging::init(&config.log_level);
     match &config_path {
         Some(path) => tracing::info!("configuration from {}", path.display()),
         None => tracing::info!("no configuration file; using built-in defaults"),
@@ -102,7 +108,14 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     tracing::info!("certificate {}", certificate.info());
 
-    let (http, https, activated) = take_listeners(&config)?;
+    let Taken {
+        http,
+        https,
+        quic,
+        metrics,
+        activated,
+    } = take_listeners(&config)?;
+    let access = access::configured(&config)?;
 
     // Connections are served thread-per-core (see `lunch_net::Workers`);
     // this thread runs the accept loops, signals, reloads and readiness.
@@ -119,6 +132,9 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         reload_dir: cli.reload_credentials,
         http,
         https,
+        quic,
+        metrics,
+        access,
         activated,
         certificate,
         workers: workers.clone(),
@@ -128,9 +144,21 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
+/// The sockets to serve on.
+struct Taken {
+    http: Option<std::net::TcpListener>,
+    https: std::net::TcpListener,
+    /// The UDP socket for HTTP/3: only ever passed by systemd (a
+    /// `FileDescriptorName=quic` socket); without it there is no HTTP/3.
+    quic: Option<std::net::UdpSocket>,
+    /// Only ever passed by systemd (`lunchd-metrics.socket`).
+    metrics: Option<std::net::TcpListener>,
+    activated: bool,
+}
+
 /// Adopts the sockets systemd passed, by name, or binds the configured
 /// fallback addresses when there are none.
-fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListener>, std::net::TcpListener, bool)> {
+fn take_listeners(config: &Config) -> anyhow::Result<Taken> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     let names = std::env::var("LISTEN_FDNAMES").ok();
@@ -163,7 +191,14 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             } else {
                 None
             };
-            Ok((http, https, true))
+            let quic = listeners.take_datagram(Role::Quic);
+            Ok(Taken {
+                http,
+                https,
+                quic,
+                metrics: listeners.take(Role::Metrics).ok(),
+                activated: true,
+            })
         }
         None => {
             let https = sockets::bind(config.https_listen)?;
@@ -172,7 +207,13 @@ fn take_listeners(config: &Config) -> anyhow::Result<(Option<std::net::TcpListen
             } else {
                 None
             };
-            Ok((http, https, false))
+            Ok(Taken {
+                http,
+                https,
+                quic: None,
+                metrics: None,
+                activated: false,
+            })
         }
     }
 }
@@ -184,31 +225,6 @@ fn with_config_hint(e: SocketError) -> anyhow::Error {
             anyhow::anyhow!("{e}, or set `redirect = false` under [http] to run HTTPS only")
         }
         e => e.into(),
-    }
-}
-
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // rustls warns once per handshake about client mistakes it handles
-    // anyway (an IP address as SNI, as wrk and some scanners send): not the
-    // operator's concern, and a way to flood the journal.
-    let directives = if level.contains("rustls") {
-        level.to_owned()
-    } else {
-        format!("{level},rustls=error")
-    };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&directives))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // journald stamps every line itself and shows no colours.
-        builder.without_time().with_ansi(false).init();
-    } else {
-        builder.init();
     }
 }
 

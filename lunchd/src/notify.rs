@@ -96,6 +96,11 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(&bounded(status))]);
 }
 
+/// The status changed while serving (the certificate's remaining time).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(&bounded(status))]);
+}
+
 /// A reload starts. systemd 253's `Type=notify-reload` requires
 /// `MONOTONIC_USEC`, the time the reload began, with `RELOADING=1`.
 pub fn reloading() {

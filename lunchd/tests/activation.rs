@@ -241,7 +241,7 @@ fn wrong_socket_names_say_what_to_fix() {
     let (code, log) = failed_start(vec!["http", "web"], "");
     assert_eq!(code, Some(1));
     assert!(
-        log.contains("socket 1 is named `web`; lunchd knows only `http` and `https`"),
+        log.contains("socket 1 is named `web`; lunchd knows only `http`, `https`, `metrics` and `quic`"),
         "{log}"
     );
     let (code, log) = failed_start(vec!["https", "https"], "");

@@ -23,7 +23,7 @@ mod servers;
 use load::{Outcome, Test};
 use lunch_testkit::{Checked, NotifySocket};
 use procs::Sampler;
-use servers::{Certificate, Lunchd, Nginx};
+use servers::{Certificate, Feature, Lunchd, Nginx};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,11 @@ pub(crate) struct Args {
     /// Only these tests (repeatable); default: all.
     #[arg(long, value_enum)]
     only: Vec<Test>,
+    /// Also run every test against a lunchd with this feature on
+    /// (repeatable), alternating with the others, and print its cost
+    /// against the default lunchd.
+    #[arg(long = "with", value_enum, value_name = "FEATURE")]
+    features: Vec<Feature>,
     /// Use this lunchd binary instead of building one with `cargo build
     /// --release`.
     #[arg(long, value_name = "PATH")]
@@ -138,11 +143,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         duration,
         ..Report::default()
     };
-    let lunchd = Lunchd::start(&binary, &cert, &scratch, &notify)?;
+    let lunchd = Lunchd::start(&binary, &cert, &scratch, &notify, None)?;
     report.start_to_ready_ms.push(ms(lunchd.start_to_ready));
     if let Some(n) = args.idle {
         return idle_only(&lunchd, &Nginx::start(&cert, &scratch)?, &cert, usize::from(n), &out);
     }
+    let variants = args
+        .features
+        .iter()
+        .map(|&feature| {
+            Ok((
+                feature,
+                Lunchd::start(&binary, &cert, &scratch, &notify, Some(feature))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let nginx = match args.against {
         Some(Against::Nginx) => Some(Nginx::start(&cert, &scratch)?),
         None => None,
@@ -189,6 +204,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         let mut targets = vec![("lunchd", lunchd.guard.pid(), url(test, lunchd.http, lunchd.https, true))];
+        for (feature, variant) in &variants {
+            targets.push((
+                feature.server(),
+                variant.guard.pid(),
+                url(test, variant.http, variant.https, true),
+            ));
+        }
         if let Some(nginx) = &nginx {
             targets.push(("nginx", nginx.guard.pid(), url(test, nginx.http, nginx.https, false)));
         }
@@ -227,6 +249,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     drop(nginx);
+    drop(variants);
 
     // Reloads: idle, then under keep-alive load.
     let reloads = if args.quick { 20 } else { 100 };
@@ -238,7 +261,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 
     // More starts, for a steadier start-to-ready figure.
     for _ in 0..if args.quick { 2 } else { 4 } {
-        let again = Lunchd::start(&binary, &cert, &scratch, &notify)?;
+        let again = Lunchd::start(&binary, &cert, &scratch, &notify, None)?;
         report.start_to_ready_ms.push(ms(again.start_to_ready));
     }
 
@@ -515,6 +538,35 @@ impl Report {
                     test.target_ratio(),
                     l.outcome.rps / n.outcome.rps
                 );
+            }
+        }
+        let mut features: Vec<&str> = Vec::new();
+        for run in &self.runs {
+            if run.server.starts_with("lunchd+") && !features.contains(&run.server) {
+                features.push(run.server);
+            }
+        }
+        if !features.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### What a feature costs (same run)\n\n| test | feature | lunchd µs/req | with it µs/req | cost |\n|---|---|---:|---:|---:|"
+            );
+            for test in Test::ALL {
+                for &feature in &features {
+                    let (Some(base), Some(with)) = (self.find("lunchd", test), self.find(feature, test)) else {
+                        continue;
+                    };
+                    let cost = with.us_per_request() / base.us_per_request() - 1.0;
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {:.2} | {:.2} | {:+.1}% |",
+                        test.title(),
+                        feature.trim_start_matches("lunchd+"),
+                        base.us_per_request(),
+                        with.us_per_request(),
+                        cost * 100.0
+                    );
+                }
             }
         }
         let _ = writeln!(md, "\n### Memory (VmRSS summed over the server's processes)\n");

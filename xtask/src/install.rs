@@ -27,6 +27,10 @@ use lunch_testkit::{Checked, systemd_analyze};
 const NOTIFY_RELOAD_AFTER_EXEC_RELOAD: u32 = 259;
 /// The first systemd with `RefreshOnReload=credentials`.
 const REFRESH_ON_RELOAD: u32 = 260;
+/// The first systemd with `ProtectControlGroups=strict` (a cgroup
+/// namespace, its cgroupfs read-only) and `PrivateTmp=disconnected` (a
+/// tmpfs of its own, tied to no host directory).
+const NAMESPACED_CGROUPS_TMP: u32 = 257;
 
 const TEMPLATE_PREFIX: &str = "/usr/local";
 const TEMPLATE_LIVE_DIR: &str = "/etc/letsencrypt/live/example.com";
@@ -35,6 +39,8 @@ const CONFIG: &str = "etc/lunchd/lunchd.toml";
 const CERTBOT_HOOK: &str = "etc/letsencrypt/renewal-hooks/deploy/lunchd";
 const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 const SERVICE: &str = "lunchd.service";
+/// The optional UDP socket for HTTP/3 (`--quic`).
+const QUIC_SOCKET: &str = "lunchd-quic.socket";
 
 /// Used when the workspace has no `deploy/lunchd.toml`: lunchd's built-in
 /// defaults apply.
@@ -70,6 +76,10 @@ pub(crate) struct InstallArgs {
     /// Skip `systemd-analyze verify` of the written units.
     #[arg(long)]
     no_verify: bool,
+    /// Also serve HTTP/3: install lunchd-quic.socket (UDP 443) and add it
+    /// to the service's Sockets=.
+    #[arg(long)]
+    quic: bool,
 }
 
 /// Arguments of uninstall-units.
@@ -114,7 +124,10 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     if !args.no_build && !args.dry_run {
         build_release(&root)?;
     }
-    let files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    let mut files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    if args.quic {
+        add_quic(&root, &mut files)?;
+    }
     let to_root = args.destdir == Path::new("/");
 
     println!(
@@ -152,12 +165,20 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
 pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let prefix = absolute_prefix(&args.prefix)?;
     let to_root = args.destdir == Path::new("/");
+    let quic = under(&args.destdir, &unit_path(QUIC_SOCKET))
+        .exists()
+        .then_some(QUIC_SOCKET);
     if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
-        disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
+        disable.args(["disable", "--now"]).args(SOCKETS).args(quic).arg(SERVICE);
         disable.run_checked()?;
     }
-    let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
+    let mut paths: Vec<PathBuf> = SOCKETS
+        .iter()
+        .chain(quic.as_ref())
+        .chain([&SERVICE])
+        .map(|u| unit_path(u))
+        .collect();
     paths.push(prefix.join("bin/lunchd"));
     paths.push(prefix.join("libexec/lunchd-copy-credentials"));
     paths.push(Path::new("/").join(CERTBOT_HOOK));
@@ -238,6 +259,37 @@ fn plan(root: &Path, binary: &Path, domain: &str, prefix: &Path, version: u32) -
     Ok(files)
 }
 
+/// Adds the HTTP/3 socket to `files`: its unit as it is, and in the
+/// service's `Sockets=` and `After=` (`Wants=`, not `Requires=`: a UDP port
+/// that cannot be bound leaves HTTPS over TCP serving).
+fn add_quic(root: &Path, files: &mut Vec<File>) -> anyhow::Result<()> {
+    let path = root.join("deploy").join(QUIC_SOCKET);
+    let unit = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let sockets = SOCKETS.join(" ");
+    let service = files
+        .iter_mut()
+        .find(|f| f.path == unit_path(SERVICE))
+        .context("install-units plans no lunchd.service")?;
+    if let Contents::Text(text) = &mut service.contents {
+        let edited = replace_once(
+            text,
+            &format!("\nSockets={sockets}\n"),
+            &format!("\nSockets={sockets} {QUIC_SOCKET}\n"),
+        )?;
+        *text = replace_once(
+            &edited,
+            &format!("\nAfter={sockets}\n"),
+            &format!("\nAfter={sockets} {QUIC_SOCKET}\nWants={QUIC_SOCKET}\n"),
+        )?;
+    }
+    files.push(File {
+        path: unit_path(QUIC_SOCKET),
+        contents: Contents::Text(unit),
+        mode: 0o644,
+    });
+    Ok(())
+}
+
 /// `deploy/lunchd.service` filled in for `domain` and `prefix` and adapted
 /// to systemd `version`.
 pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix: &Path) -> anyhow::Result<String> {
@@ -283,6 +335,10 @@ pub(crate) fn render_service(template: &str, version: u32, domain: &str, prefix:
         unit = replace_all(&unit, "\nType=notify\n", "\nType=notify-reload\n")?;
         // systemd sends SIGHUP itself, after ExecReload= (if any) succeeded.
         unit = unit.replace("ExecReload=/bin/kill -HUP $MAINPID\n", "");
+    }
+    if version >= NAMESPACED_CGROUPS_TMP {
+        unit = replace_all(&unit, "\nProtectControlGroups=yes\n", "\nProtectControlGroups=strict\n")?;
+        unit = replace_all(&unit, "\nPrivateTmp=yes\n", "\nPrivateTmp=disconnected\n")?;
     }
     if unit.contains(TEMPLATE_LIVE_DIR) && domain != "example.com" {
         bail!("deploy/lunchd.service mentions {TEMPLATE_LIVE_DIR} in a place install-units does not fill in");
@@ -368,7 +424,7 @@ fn parse_systemd_version(text: &str) -> Option<u32> {
     number.parse().ok()
 }
 
-fn build_release(root: &Path) -> anyhow::Result<()> {
+pub(crate) fn build_release(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(cargo)
         .current_dir(root)
@@ -461,6 +517,9 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
         args.push(format!("--root={}", root.display()));
     }
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
+    if files.iter().any(|f| f.path == unit_path(QUIC_SOCKET)) {
+        args.push(QUIC_SOCKET.to_owned());
+    }
     let output = systemd_analyze(&args)?;
     let analyzer = systemd_analyze(&["--version"])
         .ok()
@@ -469,13 +528,25 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let mut problems = Vec::new();
     for line in stderr.lines().filter(|l| l.contains("lunchd")) {
-        // What systemd-analyze 252 says about exactly these two settings.
-        let newer = (version >= NOTIFY_RELOAD_AFTER_EXEC_RELOAD
-            && analyzer < 253
-            && line.ends_with("Failed to parse service type, ignoring: notify-reload"))
-            || (version >= REFRESH_ON_RELOAD
-                && analyzer < REFRESH_ON_RELOAD
-                && line.ends_with("Unknown key 'RefreshOnReload' in section [Service], ignoring."));
+        // What systemd-analyze 252 says about exactly the settings newer
+        // versions get: (added in, the end of the warning).
+        let newer = [
+            (253, "Failed to parse service type, ignoring: notify-reload"),
+            (
+                REFRESH_ON_RELOAD,
+                "Unknown key 'RefreshOnReload' in section [Service], ignoring.",
+            ),
+            (
+                NAMESPACED_CGROUPS_TMP,
+                "Failed to parse boolean value, ignoring: strict",
+            ),
+            (
+                NAMESPACED_CGROUPS_TMP,
+                "Failed to parse boolean value, ignoring: disconnected",
+            ),
+        ]
+        .iter()
+        .any(|(added, warning)| version >= *added && analyzer < *added && line.ends_with(warning));
         if newer {
             println!("note: systemd-analyze {analyzer} does not know a setting of systemd {version}: {line}");
         } else {
@@ -584,6 +655,27 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{error:#}").contains("RefreshOnReloadd"), "{error:#}");
+    }
+
+    #[test]
+    fn systemd_257_and_later_get_a_cgroup_namespace_and_a_disconnected_tmp() {
+        let template = fs::read_to_string(crate::project_root().join("deploy/lunchd.service")).unwrap();
+        for (version, cgroups, tmp) in [
+            (252, "yes", "yes"),
+            (256, "yes", "yes"),
+            (257, "strict", "disconnected"),
+            (262, "strict", "disconnected"),
+        ] {
+            let unit = render_service(&template, version, "lunch.example", Path::new(TEMPLATE_PREFIX)).unwrap();
+            assert!(
+                unit.contains(&format!("\nProtectControlGroups={cgroups}\n")),
+                "systemd {version}:\n{unit}"
+            );
+            assert!(
+                unit.contains(&format!("\nPrivateTmp={tmp}\n")),
+                "systemd {version}:\n{unit}"
+            );
+        }
     }
 
     #[test]

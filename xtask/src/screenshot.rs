@@ -35,8 +35,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     test.current_dir(&root)
         .args(["test", "--package", "lunchd", "--test", "browser", "--", "--exact"])
         .arg("the_page_in_headless_chromium")
-        .env("LUNCHD_SCREENSHOT_DIR", &scratch)
-        .env_remove("LUNCHD_SKIP_BROWSER");
+        .env("LUNCHD_SCREENSHOT_DIR", &scratch);
     if args.dry_run {
         println!("LUNCHD_SCREENSHOT_DIR={} {test:?}", scratch.display());
         for (from, to) in SHOTS {

@@ -61,3 +61,58 @@ fn quick_bench_measures_every_test_and_writes_results() {
         String::from_utf8_lossy(&leftover.stdout)
     );
 }
+
+/// `--with` runs the same test against a lunchd with a feature on, in the
+/// same run, and reports what it costs; the feature is really on.
+#[test]
+fn quick_bench_compares_lunchd_with_its_features_on() {
+    for (tool, package) in BENCH_TOOLS {
+        require_tool(tool, package);
+    }
+    let lunchd = support::lunchd();
+    let out = tempfile::tempdir().unwrap();
+    Command::new(support::XTASK)
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "h1",
+            "--with",
+            "metrics",
+            "--with",
+            "access-log",
+        ])
+        .arg("--lunchd")
+        .arg(&lunchd)
+        .arg("--out")
+        .arg(out.path())
+        .read_checked()
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["lunchd", "lunchd+metrics", "lunchd+access-log"]);
+    for run in runs {
+        assert_eq!(run["errors"], 0, "{run}");
+    }
+    let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(markdown.contains("### What a feature costs"), "{markdown}");
+    for feature in ["metrics", "access-log"] {
+        assert!(
+            markdown.contains(&format!("| HTTPS HTTP/1.1 keep-alive (wrk -t2 -c64) | {feature} |")),
+            "{markdown}"
+        );
+    }
+    // The access log has a line for at least every measured request (the
+    // warm-up's come on top), and the default lunchd wrote none.
+    let requests = runs[2]["requests"].as_u64().unwrap();
+    let log = std::fs::read_to_string(out.path().join("run/lunchd+access-log/access.log")).unwrap();
+    assert!(
+        log.lines().count() as u64 >= requests,
+        "{} lines for {requests} requests",
+        log.lines().count()
+    );
+    assert!(!out.path().join("run/access.log").exists());
+}

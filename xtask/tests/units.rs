@@ -405,3 +405,78 @@ fn certbot_hook_reloads_lunchd_for_its_own_certificate() {
     assert_eq!(run(Some("/etc/letsencrypt/live/other.example")), "");
     assert_eq!(run(Some(&format!("/etc/letsencrypt/live/{DOMAIN}.evil"))), "");
 }
+
+/// The optional HTTP/3 socket carries the name lunchd looks up.
+#[test]
+fn the_quic_socket_is_a_udp_socket_named_as_lunchd_looks_it_up() {
+    let text = read(&root().join("deploy/lunchd-quic.socket"));
+    // One name per unit: systemd names every fd of a unit after the last
+    // FileDescriptorName= in it.
+    assert_eq!(values(&text, "FileDescriptorName"), [lunch_net::sockets::QUIC]);
+    assert_eq!(values(&text, "ListenDatagram"), ["443"]);
+    assert_eq!(values(&text, "ListenStream"), Vec::<&str>::new());
+    assert_eq!(values(&text, "BindIPv6Only"), ["both"]);
+    assert_eq!(values(&text, "Service"), ["lunchd.service"]);
+    assert_eq!(values(&text, "WantedBy"), ["sockets.target"]);
+    assert!(!text.contains("IPAddress"));
+    // Without --quic the service does not name it.
+    let service = read(&root().join("deploy/lunchd.service"));
+    assert!(!service.contains("lunchd-quic.socket"), "{service}");
+}
+
+/// `install-units --quic` installs it and adds it to the service, whose
+/// units still pass `systemd-analyze verify`.
+#[test]
+fn install_units_with_quic_adds_the_socket_to_the_service() {
+    for version in [252, 260] {
+        let dir = tempfile::tempdir().unwrap();
+        let lunchd = support::lunchd();
+        let out = Command::new(support::XTASK)
+            .args([
+                "install-units",
+                "--quic",
+                "--domain",
+                "lunch.example",
+                "--no-build",
+                "--destdir",
+            ])
+            .arg(dir.path())
+            .arg(format!("--systemd-version={version}"))
+            .arg("--binary")
+            .arg(&lunchd)
+            .current_dir(root())
+            .read_checked()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.contains("systemd-analyze verify: ok"), "{out}");
+        let units = dir.path().join("etc/systemd/system");
+        assert_eq!(
+            read(&units.join("lunchd-quic.socket")),
+            read(&root().join("deploy/lunchd-quic.socket"))
+        );
+        let service = read(&units.join("lunchd.service"));
+        assert_eq!(
+            values(&service, "Sockets"),
+            ["lunchd-http.socket lunchd-https.socket lunchd-quic.socket"]
+        );
+        assert_eq!(values(&service, "Wants"), ["lunchd-quic.socket"]);
+        assert!(
+            values(&service, "After")[0].ends_with(" lunchd-quic.socket"),
+            "{service}"
+        );
+        // The sandbox is the same: the socket is systemd's.
+        for key in ["PrivateNetwork", "RestrictAddressFamilies", "IPAddressDeny"] {
+            assert_eq!(
+                values(&service, key),
+                values(&read(&root().join("deploy/lunchd.service")), key)
+            );
+        }
+
+        let out = Command::new(support::XTASK)
+            .args(["uninstall-units", "--destdir"])
+            .arg(dir.path())
+            .current_dir(root())
+            .read_checked()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!units.join("lunchd-quic.socket").exists(), "{out}");
+    }
+}

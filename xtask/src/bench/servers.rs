@@ -65,6 +65,26 @@ pub(crate) fn ready_at(notify: &NotifySocket, timeout: Duration) -> anyhow::Resu
     Ok(notify.try_wait_for("READY=1", timeout)?.at)
 }
 
+/// What a lunchd under test has switched on beyond the defaults, to
+/// measure what each costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Feature {
+    /// A third socket named `metrics` (served, not scraped during the load).
+    Metrics,
+    /// `[log] access = true`, into a file in the scratch directory.
+    AccessLog,
+}
+
+impl Feature {
+    /// The server's name in the results.
+    pub(crate) fn server(self) -> &'static str {
+        match self {
+            Feature::Metrics => "lunchd+metrics",
+            Feature::AccessLog => "lunchd+access-log",
+        }
+    }
+}
+
 /// lunchd, socket-activated and ready.
 pub(crate) struct Lunchd {
     pub(crate) guard: Guard,
@@ -76,28 +96,52 @@ pub(crate) struct Lunchd {
 
 impl Lunchd {
     /// Starts `systemd-socket-activate` with sockets named `http` and
-    /// `https`, activates lunchd with a first connection, and waits for
-    /// READY=1.
+    /// `https` (and `metrics` with [`Feature::Metrics`]), activates lunchd
+    /// with a first connection, and waits for READY=1.
     pub(crate) fn start(
         binary: &Path,
         cert: &Certificate,
         dir: &Path,
         notify: &NotifySocket,
+        feature: Option<Feature>,
     ) -> anyhow::Result<Lunchd> {
         let (http, https) = (free_port()?, free_port()?);
+        let dir = match feature {
+            Some(feature) => dir.join(feature.server()),
+            None => dir.to_owned(),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("lunchd.toml");
+        let access = if feature == Some(Feature::AccessLog) {
+            "access = true\n"
+        } else {
+            ""
+        };
         // Room for `--idle`'s connections, all from 127.0.0.1.
         std::fs::write(
             &config,
-            "[log]\nlevel = \"info\"\n\n[limits]\nmax_connections = 4096\nmax_connections_per_client = 4096\n",
+            format!(
+                "[log]\nlevel = \"info\"\n{access}\n[limits]\nmax_connections = 4096\nmax_connections_per_client = 4096\n"
+            ),
         )?;
         notify.drain();
-        let mut child = Command::new("systemd-socket-activate")
+        let mut command = Command::new("systemd-socket-activate");
+        command
             .arg(format!("--listen=127.0.0.1:{http}"))
             .arg("--fdname=http")
             .arg(format!("--listen=127.0.0.1:{https}"))
-            .arg("--fdname=https")
+            .arg("--fdname=https");
+        let sockets = if feature == Some(Feature::Metrics) {
+            command
+                .arg(format!("--listen=127.0.0.1:{}", free_port()?))
+                .arg("--fdname=metrics");
+            3
+        } else {
+            2
+        };
+        let mut child = command
             .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.path.display()))
+            .arg(format!("--setenv=LOGS_DIRECTORY={}", dir.display()))
             .arg(binary)
             .arg("--config")
             .arg(&config)
@@ -115,7 +159,7 @@ impl Lunchd {
         let stderr = child.stderr.take().context("no stderr")?;
         let guard = Guard::new("lunchd", child);
         let listening = procs::watch_lines(stderr, &dir.join("lunchd.log"), "Listening on")?;
-        for _ in 0..2 {
+        for _ in 0..sockets {
             listening
                 .recv_timeout(Duration::from_secs(10))
                 .context("systemd-socket-activate did not listen within 10 s")?;

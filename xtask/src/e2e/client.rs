@@ -254,3 +254,62 @@ fn one_request(tls: &Tls, tcp: TcpStream) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What the clients that connected while lunchd hung saw.
+#[derive(Debug, Default)]
+pub(crate) struct Hung {
+    pub(crate) attempts: usize,
+    pub(crate) refused: usize,
+    /// Connections not answered with 200, with why.
+    pub(crate) failed: Vec<String>,
+}
+
+/// How long a client waits for a hung lunchd: longer than the watchdog
+/// takes to have it restarted.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Opens a connection every `interval` until `stop`; each waits on its own
+/// thread (up to [`PATIENCE`]) for the handshake and an answer to
+/// `GET /healthz`.
+pub(crate) fn while_hung(
+    container: &Container,
+    tls: &Tls,
+    port: u16,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<Hung> {
+    let mut hung = Hung::default();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut waiting = Vec::new();
+        while !stop.load(Ordering::Relaxed) && hung.attempts < 1000 {
+            let started = Instant::now();
+            hung.attempts += 1;
+            match container.in_netns(|| TcpStream::connect_timeout(&loopback(port), IO_TIMEOUT))? {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => hung.refused += 1,
+                Err(e) => hung.failed.push(format!("connect: {e}")),
+                Ok(tcp) => waiting.push(scope.spawn(move || {
+                    tcp.set_read_timeout(Some(PATIENCE))?;
+                    tcp.set_write_timeout(Some(PATIENCE))?;
+                    let mut conn = TlsConnection::open(tls, tcp)?;
+                    let response = conn.get("/healthz")?;
+                    if response.status != 200 {
+                        bail!("status {}", response.status);
+                    }
+                    Ok(())
+                })),
+            }
+            if let Some(rest) = interval.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        for handle in waiting {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => hung.failed.push(format!("{e:#}")),
+                Err(_) => hung.failed.push("a client thread panicked".to_owned()),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(hung)
+}

@@ -1,9 +1,12 @@
 //! A real systemd booted as PID 1 in `systemd-nspawn`, and everything that
 //! takes to undo.
 //!
-//! The container boots the host's own `/usr` read-only on an empty tmpfs
-//! root (`--volatile=yes`), with its own network namespace, so ports 80 and
-//! 443 inside clash with nothing. It is driven with `nsenter` because there
+//! Two kinds of root: the host's own `/usr` read-only on an empty tmpfs
+//! root (`--volatile=yes`, systemd 252 on the Debian 12 host), or a
+//! debootstrap'd tree of a newer Debian under a tmpfs overlay
+//! (`--volatile=overlay`, which leaves the cached tree as it was). Either
+//! way the container has its own network namespace, so ports 80 and 443
+//! inside clash with nothing, and it is driven with `nsenter` because there
 //! is no host bus for `systemctl -M`. [`Container`] is a guard: dropping it
 //! powers the container off and removes what the boot created (the cgroup
 //! directories; the tmpfs that nspawn needs on `/run/systemd` lives in a
@@ -23,11 +26,23 @@ pub(crate) const MACHINE: &str = "lunchd-e2e";
 /// How long any one command inside the container may take.
 const COMMAND_TIMEOUT_SECS: u32 = 30;
 
+/// The root file system a container boots.
+pub(crate) enum Root<'a> {
+    /// The host's `/usr` on an empty tmpfs root, with this host directory
+    /// bound (writable) over `/usr/local`, where install-units puts the
+    /// binary.
+    Host { usr_local: &'a Path },
+    /// A root tree, under a tmpfs overlay that disappears with the
+    /// container.
+    Tree(&'a Path),
+}
+
 /// What to boot.
 pub(crate) struct Boot<'a> {
-    /// Host directory bound over `/usr/local`: where install-units put the
-    /// binary.
-    pub(crate) usr_local: &'a Path,
+    pub(crate) root: Root<'a>,
+    /// Host directories bound read-only at the same path inside (the
+    /// workspace, so install-units can run inside).
+    pub(crate) binds: &'a [PathBuf],
     /// Where nspawn's console output goes.
     pub(crate) log: &'a Path,
 }
@@ -167,20 +182,34 @@ exec systemd-nspawn "$@""#;
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(" ");
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
-            .arg("--directory=/")
-            .arg("--volatile=yes")
+        let mut nspawn = Command::new("unshare");
+        nspawn.args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]);
+        match boot.root {
+            Root::Host { usr_local } => {
+                nspawn
+                    .arg("--directory=/")
+                    .arg("--volatile=yes")
+                    // The tmpfs /etc is empty; nss-systemd must be listed
+                    // for DynamicUser= names to resolve.
+                    .arg("--bind-ro=/etc/nsswitch.conf")
+                    .arg(format!("--bind={}:/usr/local", usr_local.display()));
+            }
+            Root::Tree(dir) => {
+                nspawn
+                    .arg(format!("--directory={}", dir.display()))
+                    .arg("--volatile=overlay");
+            }
+        }
+        for dir in boot.binds {
+            nspawn.arg(format!("--bind-ro={}", dir.display()));
+        }
+        let child = nspawn
             .arg("--boot")
             .arg(format!("--machine={MACHINE}"))
             // There is no host bus or machined to register with.
             .args(["--register=no", "--keep-unit"])
             .arg("--console=passive")
             .arg("--private-network")
-            // The tmpfs /etc is empty; nss-systemd must be listed for
-            // DynamicUser= names to resolve.
-            .arg("--bind-ro=/etc/nsswitch.conf")
-            .arg(format!("--bind-ro={}:/usr/local", boot.usr_local.display()))
             // Lets the container's systemd attach the cgroup BPF programs
             // that enforce IPAddressDeny=.
             .arg("--system-call-filter=bpf")
@@ -254,12 +283,27 @@ exec systemd-nspawn "$@""#;
 
     /// `argv` inside the container (all its namespaces), bounded in time.
     pub(crate) fn command(&self, argv: &[&str]) -> Command {
+        self.command_within(COMMAND_TIMEOUT_SECS, argv)
+    }
+
+    /// `argv` inside the container, killed after `secs` seconds.
+    pub(crate) fn command_within(&self, secs: u32, argv: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args(["--kill-after=2", &COMMAND_TIMEOUT_SECS.to_string(), "nsenter"])
+        cmd.args(["--kill-after=2", &secs.to_string(), "nsenter"])
             .arg(format!("--target={}", self.pid1))
             .args(["--all", "--"])
             .args(argv)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // What a root shell inside would have, not this process's
+            // environment (cargo's variables, CA bundles of the host).
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8");
+        if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+            // install-units inside finds the release build there.
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
         cmd
     }
 
@@ -272,7 +316,15 @@ exec systemd-nspawn "$@""#;
 
     /// Runs `argv` inside; fails unless it succeeds. Returns stdout.
     pub(crate) fn run(&self, argv: &[&str]) -> anyhow::Result<String> {
-        let out = self.output(argv)?;
+        self.run_within(COMMAND_TIMEOUT_SECS, argv)
+    }
+
+    /// [`Container::run`] with a time limit of `secs` seconds.
+    pub(crate) fn run_within(&self, secs: u32, argv: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .command_within(secs, argv)
+            .output()
+            .with_context(|| format!("running `{}` in the container", argv.join(" ")))?;
         if !out.status.success() {
             bail!(
                 "`{}` failed ({}): {}{}",

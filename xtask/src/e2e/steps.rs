@@ -1,66 +1,140 @@
 //! The deployment story, one asserted step at a time.
 
 use std::io::Write as _;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
+use super::acme::{self, Live, Pebble};
 use super::client::{self, Load, Tls, TlsConnection};
 use super::container::Container;
-use super::pki::{Leaf, TestCa};
 
 const SERVICE: &str = "lunchd.service";
 const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
-/// Where the clients inside the container find the test CA.
-const CA_PATH: &str = "/root/lunchd-e2e-ca.pem";
+/// Where the clients inside the container find pebble's root.
+const CA_PATH: &str = "/root/pebble-root.pem";
 /// docs/deploy.md, step 3: the commands that configure the ACME webroot.
 const CONFIGURE_WEBROOT: &str =
     "sed -i 's|^#acme_webroot = |acme_webroot = |' /etc/lunchd/lunchd.toml && mkdir -p /var/lib/lunchd-acme";
+/// The certbot deploy hook install-units installs.
+const DEPLOY_HOOK: &str = "/etc/letsencrypt/renewal-hooks/deploy/lunchd";
+/// A deploy hook that runs before lunchd's (certbot runs them in name
+/// order) and cuts the renewed chain short.
+const CUT_CHAIN_HOOK: &str = "/etc/letsencrypt/renewal-hooks/deploy/00-e2e-cut-chain";
+/// `certbot renew` as certbot.timer runs it, but renewing now.
+const RENEW: &str = "certbot renew --force-renewal --non-interactive";
 /// systemd's range of dynamic users (`DynamicUser=`).
 const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 /// The spacing of connection attempts under load.
 const LOAD_INTERVAL: Duration = Duration::from_millis(10);
+/// The spacing of connection attempts while lunchd hangs.
+const HUNG_INTERVAL: Duration = Duration::from_millis(100);
+/// Until the journald priorities land in lunchd, its reasons are logged at
+/// PRIORITY=6 and `journalctl -p err` cannot show them: the assertion is
+/// run and reported as an expected failure. Set to true with them.
+const JOURNAL_PRIORITIES: bool = false;
+
+/// What a generation's run found, for the summary.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// `systemctl show -P Version` inside.
+    pub(crate) systemd: String,
+    /// How the tree came to be ("cached", "built in 50 s"); empty for the host.
+    pub(crate) tree: String,
+    /// What install-units wrote for this systemd.
+    pub(crate) variant: String,
+    /// certbot's and pebble's versions.
+    pub(crate) acme: String,
+    /// The serial served after each issuance, with what issued it.
+    pub(crate) serials: Vec<String>,
+    /// Seconds from SIGSTOP until systemd had a new lunchd active.
+    pub(crate) watchdog: Option<f64>,
+    /// `systemd-analyze security` of the running unit.
+    pub(crate) exposure: Option<String>,
+    /// How many steps passed, of how many.
+    pub(crate) steps: (usize, usize),
+    /// Assertions that fail for a known reason (see [`JOURNAL_PRIORITIES`]).
+    pub(crate) expected_failures: Vec<String>,
+}
+
+impl Report {
+    /// The summary lines.
+    pub(crate) fn summary(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "systemd {}{}",
+            self.systemd,
+            if self.tree.is_empty() {
+                String::new()
+            } else {
+                format!(", tree {}", self.tree)
+            }
+        )];
+        if !self.variant.is_empty() {
+            lines.push(format!("units: {}", self.variant));
+        }
+        if !self.acme.is_empty() {
+            lines.push(self.acme.clone());
+        }
+        if !self.serials.is_empty() {
+            lines.push(format!("serials served: {}", self.serials.join(" -> ")));
+        }
+        lines.push(format!(
+            "watchdog restart: {}",
+            self.watchdog
+                .map_or("not measured".to_owned(), |s| format!("{s:.1} s after SIGSTOP"))
+        ));
+        lines.push(format!(
+            "exposure: {}",
+            self.exposure.as_deref().unwrap_or("not measured")
+        ));
+        lines.push(format!("steps: {} of {} passed", self.steps.0, self.steps.1));
+        for e in &self.expected_failures {
+            lines.push(format!("expected failure: {e}"));
+        }
+        lines
+    }
+}
 
 /// Everything the steps share.
 struct World<'a> {
     c: &'a Container,
     domain: &'a str,
+    /// The systemd version running inside.
+    version: u32,
     tls: Tls,
-    first: Leaf,
-    renewed: Leaf,
-    broken: Leaf,
-    /// The renewal after the broken one, delivered by the deploy hook.
-    fixed: Leaf,
     webroot: PathBuf,
-    /// The certbot deploy hook install-units installed, if any (path inside).
-    deploy_hook: Option<PathBuf>,
+    /// Every certificate certbot issued, in order.
+    issued: Mutex<Vec<Live>>,
+    /// The index in `issued` of the one lunchd should serve.
+    serving: Mutex<usize>,
+    report: Mutex<&'a mut Report>,
 }
 
-/// Installs the test certificate and configuration, then runs every step.
-/// Fails if any step failed.
-pub(crate) fn walk(c: &Container, destdir: &Path, domain: &str) -> anyhow::Result<()> {
-    let ca = TestCa::new()?;
+/// Installs lunchd, starts pebble and gets the first certificate with
+/// certbot, then runs every step. Fails if any step failed.
+pub(crate) fn walk(c: &Container, domain: &str, version: u32, report: &mut Report) -> anyhow::Result<()> {
+    let (tls, webroot, first) = prepare(c, domain, report).context("preparing the container")?;
+    report.serials.push(format!("{} (certonly --standalone)", first.serial));
     let world = World {
         c,
         domain,
-        tls: Tls::new(&ca.der, domain)?,
-        first: ca.issue(domain, 1)?,
-        renewed: ca.issue(domain, 2)?,
-        broken: ca.issue(domain, 3)?,
-        fixed: ca.issue(domain, 4)?,
-        webroot: PathBuf::new(),
-        deploy_hook: None,
+        version,
+        tls,
+        webroot,
+        issued: Mutex::new(vec![first]),
+        serving: Mutex::new(0),
+        report: Mutex::new(report),
     };
-    let world = prepare(world, destdir, &ca).context("preparing the container")?;
 
     let mut runner = Runner::default();
     runner.step(&world, "sockets start; the service does not", step_sockets);
     runner.step(
         &world,
-        "first HTTPS request activates lunchd (h2 and http/1.1, test CA)",
+        "first HTTPS request activates lunchd (h2 and http/1.1, pebble's root)",
         step_activation,
     );
     runner.step(
@@ -80,12 +154,17 @@ pub(crate) fn walk(c: &Container, destdir: &Path, domain: &str) -> anyhow::Resul
     );
     runner.step(
         &world,
-        "renewal + reload: new serial, same PID, old connection alive",
-        step_renewal,
+        "certbot certonly --webroot through lunchd's port 80; the deploy hook reloads: new serial, same PID",
+        step_webroot,
     );
     runner.step(
         &world,
-        "broken certificate + reload: still active, old serial, reason shown",
+        "certbot renew --force-renewal, twice: new serial each time, same PID, old connection alive",
+        step_renew_twice,
+    );
+    runner.step(
+        &world,
+        "a renewal with its chain cut short: still active, old serial, reason shown; the next one served",
         step_broken,
     );
     runner.step(&world, "restart under load: zero refused, zero lost", step_restart);
@@ -96,10 +175,17 @@ pub(crate) fn walk(c: &Container, destdir: &Path, domain: &str) -> anyhow::Resul
     );
     runner.step(
         &world,
-        "systemd-analyze security: exposure <= 0.5, and the sandbox in effect",
+        "SIGSTOP: the watchdog has systemd restart lunchd; connections made meanwhile answered",
+        step_watchdog,
+    );
+    runner.step(
+        &world,
+        "systemd-analyze security: exposure <= 0.2, and the sandbox in effect",
         step_security,
     );
     runner.step(&world, "journal lines without double timestamps", step_journal);
+    let steps = (runner.passed, runner.passed + runner.failed.len());
+    world.report.lock().unwrap_or_else(|e| e.into_inner()).steps = steps;
     runner.finish()
 }
 
@@ -176,62 +262,123 @@ fn diagnostics(c: &Container) {
     println!("----");
 }
 
-/// Copies what install-units put under `destdir/etc` into the container,
-/// adds the certificate (certbot's layout), the test CA and the ACME
-/// webroot, and makes systemd read the units.
-fn prepare<'a>(mut w: World<'a>, destdir: &Path, ca: &TestCa) -> anyhow::Result<World<'a>> {
-    let root = w.c.root();
-    copy_tree(&destdir.join("etc"), &root.join("etc"))?;
-    install_certificate(w.c, w.domain, &w.first, 1)?;
-    write(&root.join(CA_PATH.trim_start_matches('/')), ca.pem.as_bytes(), 0o644)?;
+/// docs/deploy.md steps 2 to 4 inside: `cargo xtask install-units` (the
+/// host built the release binary: the container has no toolchain), the
+/// webroot configuration, and the first certificate from pebble with
+/// `certbot certonly --standalone`. Returns the clients' TLS settings
+/// (trusting pebble's root only), the webroot and the first certificate.
+fn prepare(c: &Container, domain: &str, report: &mut Report) -> anyhow::Result<(Tls, PathBuf, Live)> {
+    let root = c.root();
+    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let t = Instant::now();
+    let out = c.run_within(
+        180,
+        &[
+            &xtask.to_string_lossy(),
+            "install-units",
+            "--domain",
+            domain,
+            "--no-build",
+        ],
+    )?;
+    let detected = out
+        .lines()
+        .find(|l| l.starts_with("installing lunchd for systemd "))
+        .context("install-units did not say which systemd it installed for")?;
+    ensure!(
+        out.contains("systemd-analyze verify: ok"),
+        "install-units did not verify the units:\n{out}"
+    );
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system").join(SERVICE))
+        .context("install-units installed no lunchd.service")?;
+    report.variant = variant(&unit);
+    println!(
+        "e2e: cargo xtask install-units --domain {domain} --no-build: {} ({:.1} s)",
+        detected.trim(),
+        t.elapsed().as_secs_f64()
+    );
+    ensure!(
+        root.join(DEPLOY_HOOK.trim_start_matches('/')).is_file(),
+        "install-units installed no certbot deploy hook {DEPLOY_HOOK}"
+    );
 
     // docs/deploy.md, step 3, verbatim: uncomment acme_webroot in the
     // installed example configuration, make the directory.
-    w.c.sh(CONFIGURE_WEBROOT)?;
+    c.sh(CONFIGURE_WEBROOT)?;
     let config = std::fs::read_to_string(root.join("etc/lunchd/lunchd.toml"))
         .context("install-units installed no /etc/lunchd/lunchd.toml")?;
     let table: toml::Table = config.parse().context("parsing /etc/lunchd/lunchd.toml")?;
-    w.webroot = table
+    let webroot = table
         .get("http")
         .and_then(|h| h.get("acme_webroot"))
         .and_then(|v| v.as_str())
         .map(PathBuf::from)
         .context("after docs/deploy.md's step 3, /etc/lunchd/lunchd.toml sets no [http] acme_webroot")?;
     ensure!(
-        root.join(w.webroot.strip_prefix("/").unwrap_or(&w.webroot)).is_dir(),
+        root.join(webroot.strip_prefix("/").unwrap_or(&webroot)).is_dir(),
         "docs/deploy.md's step 3 does not create the configured webroot {}",
-        w.webroot.display()
+        webroot.display()
     );
 
-    let hook = Path::new("etc/letsencrypt/renewal-hooks/deploy");
-    if let Ok(entries) = std::fs::read_dir(destdir.join(hook)) {
-        w.deploy_hook = entries
-            .flatten()
-            .map(|e| Path::new("/").join(hook).join(e.file_name()))
-            .find(|p| p.to_string_lossy().contains("lunchd"));
-    }
-    w.c.run(&["systemctl", "daemon-reload"])?;
-    Ok(w)
+    // docs/deploy.md, step 4: the first certificate from certbot's own
+    // server on port 80, before lunchd's sockets exist.
+    let t = Instant::now();
+    let pebble = Pebble::start(c, domain)?;
+    write(
+        &root.join(CA_PATH.trim_start_matches('/')),
+        pebble.root_pem.as_bytes(),
+        0o644,
+    )?;
+    report.acme = format!("{}, {}", acme::certbot_version(c), pebble.version);
+    let standalone = docs_command("certbot certonly --standalone", domain)?;
+    acme::certbot(c, &standalone)?;
+    let first = acme::live(c, domain)?;
+    println!(
+        "e2e: {standalone}: serial {} from pebble ({:.1} s)",
+        first.serial,
+        t.elapsed().as_secs_f64()
+    );
+    let modes = c.run(&[
+        "stat",
+        "--format",
+        "%a",
+        "/etc/letsencrypt/live",
+        "/etc/letsencrypt/archive",
+    ])?;
+    ensure!(
+        modes.lines().all(|m| m.trim() == "700"),
+        "certbot left /etc/letsencrypt/{{live,archive}} with modes {modes:?}, not root-only"
+    );
+    Ok((Tls::new(&pebble.root_der, domain)?, webroot, first))
 }
 
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let entries = std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))?;
-    std::fs::create_dir_all(to)?;
-    for entry in entries {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_symlink() {
-            let _ = std::fs::remove_file(&target);
-            symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("copying {} to {}", entry.path().display(), target.display()))?;
+/// The docs/deploy.md command that begins with `prefix`, for `domain`.
+fn docs_command(prefix: &str, domain: &str) -> anyhow::Result<String> {
+    let path = crate::project_root().join("docs/deploy.md");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    acme::docs_command(&text, prefix, domain)
+}
+
+/// What install-units wrote, in a few words: the service type, how renewed
+/// credentials arrive, and the settings only some versions get.
+fn variant(unit: &str) -> String {
+    let values = |key: &str| -> Vec<&str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .collect()
+    };
+    let mut parts = vec![format!("Type={}", values("Type").join(","))];
+    if values("RefreshOnReload").contains(&"credentials") {
+        parts.push("RefreshOnReload=credentials".to_owned());
+    } else if unit.contains("lunchd-copy-credentials") {
+        parts.push("reload copy (lunchd-copy-credentials)".to_owned());
+    }
+    for key in ["ProtectControlGroups", "PrivateTmp", "PrivatePIDs", "WatchdogSec"] {
+        for v in values(key) {
+            parts.push(format!("{key}={v}"));
         }
     }
-    Ok(())
+    parts.join(", ")
 }
 
 fn write(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
@@ -242,36 +389,6 @@ fn write(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// Writes `leaf` as certbot does for the `n`th issuance: numbered files in
-/// `archive/DOMAIN/`, root-only, and `live/DOMAIN/*.pem` symlinks to them,
-/// each switched atomically.
-fn install_certificate(c: &Container, domain: &str, leaf: &Leaf, n: u32) -> anyhow::Result<()> {
-    let le = c.root().join("etc/letsencrypt");
-    let archive = le.join("archive").join(domain);
-    let live = le.join("live").join(domain);
-    for dir in [&archive, &live] {
-        std::fs::create_dir_all(dir)?;
-    }
-    for dir in [le.join("archive"), le.join("live")] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let files = [
-        ("cert", &leaf.cert_pem, 0o644),
-        ("chain", &leaf.ca_pem, 0o644),
-        ("fullchain", &leaf.chain_pem, 0o644),
-        ("privkey", &leaf.key_pem, 0o600),
-    ];
-    for (name, pem, mode) in files {
-        write(&archive.join(format!("{name}{n}.pem")), pem.as_bytes(), mode)?;
-        let link = live.join(format!("{name}.pem"));
-        let tmp = live.join(format!("{name}.pem.e2e-tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        symlink(format!("../../archive/{domain}/{name}{n}.pem"), &tmp)?;
-        std::fs::rename(&tmp, &link)?;
-    }
     Ok(())
 }
 
@@ -293,6 +410,23 @@ fn main_pid(c: &Container) -> anyhow::Result<u32> {
     show(c, "MainPID")?.parse().context("MainPID is not a number")
 }
 
+/// The main PID of a running lunchd; fails when there is none (a `kill`
+/// of PID 0 would signal the caller's own process group).
+fn running_pid(c: &Container) -> anyhow::Result<u32> {
+    match main_pid(c)? {
+        0 => bail!("{SERVICE} is not running ({})", is_active(c, SERVICE)?),
+        pid => Ok(pid),
+    }
+}
+
+/// Runs `argv` as root in the mount namespace of the service's `pid`.
+fn in_service(c: &Container, pid: u32, argv: &[&str]) -> anyhow::Result<String> {
+    let target = format!("--target={pid}");
+    let mut full = vec!["nsenter", &target, "--mount", "--"];
+    full.extend(argv);
+    c.run(&full)
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
     let deadline = Instant::now() + limit;
@@ -312,7 +446,11 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> anyhow::Resul
 
 /// Waits until the service is active with a main PID other than `old`.
 fn wait_active(c: &Container, old: Option<u32>) -> anyhow::Result<u32> {
-    wait_for("lunchd to be active", Duration::from_secs(20), || {
+    wait_active_within(c, old, Duration::from_secs(20))
+}
+
+fn wait_active_within(c: &Container, old: Option<u32>, limit: Duration) -> anyhow::Result<u32> {
+    wait_for("lunchd to be active", limit, || {
         let pid = main_pid(c)?;
         Ok((is_active(c, SERVICE)? == "active" && pid != 0 && Some(pid) != old).then_some(pid))
     })
@@ -323,13 +461,36 @@ fn open_tls(w: &World<'_>) -> anyhow::Result<TlsConnection> {
     TlsConnection::open(&w.tls, client::connect(w.c, 443)?)
 }
 
-/// Which of our leaves a fresh handshake presents.
+/// The serial of the certificate a fresh handshake presents (verified
+/// against pebble's root), as far as certbot issued it.
 fn served_serial(w: &World<'_>) -> anyhow::Result<String> {
     let der = open_tls(w)?.peer_certificate().context("no peer certificate")?;
-    Ok([&w.first, &w.renewed, &w.broken, &w.fixed]
-        .iter()
-        .find(|l| l.der == der)
-        .map_or_else(|| "an unknown certificate".to_owned(), |l| l.serial.clone()))
+    Ok(serial_of(w, &der))
+}
+
+fn serial_of(w: &World<'_>, der: &[u8]) -> String {
+    lock(&w.issued).iter().find(|l| l.der == der).map_or_else(
+        || "a certificate certbot did not issue".to_owned(),
+        |l| l.serial.clone(),
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The certificate lunchd should serve: serial, DER, key.
+fn latest(w: &World<'_>) -> (String, Vec<u8>, String) {
+    let issued = lock(&w.issued);
+    let serving = &issued[*lock(&w.serving)];
+    (serving.serial.clone(), serving.der.clone(), serving.key_pem.clone())
+}
+
+/// Records a certificate certbot issued; returns its index.
+fn record(w: &World<'_>, live: Live) -> usize {
+    let mut issued = lock(&w.issued);
+    issued.push(live);
+    issued.len() - 1
 }
 
 /// curl inside the container; returns stdout.
@@ -429,13 +590,13 @@ fn step_activation(w: &World<'_>) -> anyhow::Result<String> {
     ensure!(health.status == 200, "/healthz answered {}", health.status);
     let hsts = health.header("strict-transport-security").unwrap_or("none").to_owned();
     let served = served_serial(w)?;
+    let (first, _, _) = latest(w);
     ensure!(
-        served == w.first.serial,
-        "serving {served}, expected the installed certificate {}",
-        w.first.serial
+        served == first,
+        "serving {served}, expected certbot's first certificate {first}"
     );
     Ok(format!(
-        "h2: {dish2}; http/1.1: {dish1}; certificate serial {served} verified against the test CA; HSTS: {hsts}; PID {}",
+        "h2: {dish2}; http/1.1: {dish1}; certificate serial {served} verified against pebble's root; HSTS: {hsts}; PID {}",
         main_pid(c)?
     ))
 }
@@ -551,21 +712,15 @@ fn step_dynamic_user(w: &World<'_>) -> anyhow::Result<String> {
     .into_iter()
     .find_map(|(kind, dir)| dir.filter(|d| key_arg.starts_with(&format!("{d}/"))).map(|d| (kind, d)))
     .with_context(|| format!("--key={key_arg} is neither in $CREDENTIALS_DIRECTORY nor in $RUNTIME_DIRECTORY"))?;
-    let stat = c.run(&["stat", "--format", "%a %u", &key_arg])?;
-    ensure!(
-        stat.trim() == format!("400 {uid}"),
-        "{key_arg}: mode and owner are `{}`, expected `400 {uid}`",
-        stat.trim()
-    );
-    let dir_mode = c.run(&["stat", "--format", "%a", &dir])?;
+    // As lunchd sees them: from 257 on, systemd mounts the credentials in
+    // the service's own mount namespace only.
+    let (content, access) = readable_only_by(c, pid, uid, &key_arg)?;
+    ensure!(content == latest(w).2, "{key_arg} does not hold the installed key");
+    let dir_mode = in_service(c, pid, &["stat", "--format", "%a", &dir])?;
     let dir_mode = u32::from_str_radix(dir_mode.trim(), 8).context("stat printed no octal mode")?;
-    ensure!(dir_mode & 0o077 == 0, "{dir} has mode {dir_mode:o}: others may enter");
-    ensure!(
-        c.run(&["cat", &key_arg])? == w.first.key_pem,
-        "{key_arg} does not hold the installed key"
-    );
+    ensure!(dir_mode & 0o007 == 0, "{dir} has mode {dir_mode:o}: others may enter");
     Ok(format!(
-        "uid {uid} ({name}, not in /etc/passwd)\n{key} as uid {uid} in lunchd's mount namespace: {}\nkey read from {key_arg} ({kind}, mode 0400, owned by uid {uid})",
+        "uid {uid} ({name}, not in /etc/passwd)\n{key} as uid {uid} in lunchd's mount namespace: {}\nkey read from {key_arg} ({kind}: {access})",
         err.trim()
     ))
 }
@@ -635,27 +790,39 @@ fn step_readiness(w: &World<'_>) -> anyhow::Result<String> {
     Ok(detail)
 }
 
-fn step_renewal(w: &World<'_>) -> anyhow::Result<String> {
+/// Runs `command` (a certbot renewal), which certbot follows with the
+/// deploy hook, and checks the outcome: a new serial on new handshakes,
+/// the same PID, a keep-alive connection opened before still answering,
+/// and the new key where this systemd delivers it.
+fn renewal(w: &World<'_>, command: &str, label: &str) -> anyhow::Result<String> {
     let c = w.c;
     let pid = main_pid(c)?;
+    ensure!(pid != 0, "{SERVICE} is not running");
+    let (old_serial, old_der, _) = latest(w);
     let mut before = open_tls(w)?;
     ensure!(
         before.get("/healthz")?.status == 200,
         "no answer on the first connection"
     );
     ensure!(
-        before.peer_certificate().as_deref() == Some(&w.first.der[..]),
-        "not serving the first certificate before renewal"
+        before.peer_certificate().as_deref() == Some(&old_der[..]),
+        "not serving {old_serial} before the renewal"
     );
-    install_certificate(c, w.domain, &w.renewed, 2)?;
-    c.run(&["systemctl", "reload", SERVICE])?;
-    let serial = wait_for(
+    let t = Instant::now();
+    let output = acme::certbot(c, command)?;
+    let certbot_secs = t.elapsed().as_secs_f64();
+    let new = acme::live(c, w.domain)?;
+    ensure!(
+        new.serial != old_serial,
+        "`{command}` left the same certificate ({old_serial}):\n{output}"
+    );
+    let (serial, der, key) = (new.serial.clone(), new.der.clone(), new.key_pem.clone());
+    let index = record(w, new);
+    // No reload by hand: certbot's deploy hook did it.
+    wait_for(
         "the renewed certificate on new handshakes",
         Duration::from_secs(10),
-        || {
-            let s = served_serial(w)?;
-            Ok((s == w.renewed.serial).then_some(s))
-        },
+        || Ok((open_tls(w)?.peer_certificate().as_deref() == Some(&der[..])).then_some(())),
     )?;
     let after = main_pid(c)?;
     ensure!(
@@ -672,110 +839,219 @@ fn step_renewal(w: &World<'_>) -> anyhow::Result<String> {
         "the connection opened before reload got {}",
         again.status
     );
-    // Before systemd 260, the renewed key reached lunchd through the copy
-    // root made into its runtime directory (--reload-credentials).
-    let cmdline = c.run(&["cat", &format!("/proc/{pid}/cmdline")])?;
-    let how = match cmdline
-        .split('\0')
-        .find_map(|a| a.strip_prefix("--reload-credentials="))
-    {
-        Some(dir) => {
-            let key = format!("{dir}/privkey.pem");
-            let uid = c.run(&["stat", "--format", "%u", &format!("/proc/{pid}")])?;
-            let stat = c.run(&["stat", "--format", "%a %u", &key])?;
-            ensure!(
-                stat.trim() == format!("400 {}", uid.trim()),
-                "{key}: mode and owner `{}`, expected `400 {}`",
-                stat.trim(),
-                uid.trim()
-            );
-            ensure!(
-                c.run(&["cat", &key])? == w.renewed.key_pem,
-                "{key} does not hold the renewed key"
-            );
-            format!("the renewed key reached lunchd through {key} (mode 0400, its uid)")
-        }
-        None => "the renewed key reached lunchd through $CREDENTIALS_DIRECTORY".to_owned(),
-    };
+    *lock(&w.serving) = index;
+    let how = delivered_key(w, pid, &key)?;
+    lock(&w.report).serials.push(format!("{serial} ({label})"));
     Ok(format!(
-        "serial {} -> {serial}, PID {pid} unchanged, the earlier keep-alive connection answered {}\n{how}",
-        w.first.serial,
+        "`{command}` ({certbot_secs:.1} s): serial {old_serial} -> {serial}, PID {pid} unchanged, \
+         the earlier keep-alive connection answered {}\n{how}",
         dish_of(&again.body)?,
     ))
+}
+
+/// Where the renewed key reached lunchd, checked against `key`: systemd
+/// 260 and later copy it into $CREDENTIALS_DIRECTORY again on reload
+/// (RefreshOnReload=credentials); before, root copies it into the runtime
+/// directory (--reload-credentials).
+fn delivered_key(w: &World<'_>, pid: u32, key: &str) -> anyhow::Result<String> {
+    let c = w.c;
+    let cmdline = c.run(&["cat", &format!("/proc/{pid}/cmdline")])?;
+    let arg = |name: &str| {
+        cmdline
+            .split('\0')
+            .find_map(|a| a.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let uid = c.run(&["stat", "--format", "%u", &format!("/proc/{pid}")])?;
+    let (path, how) = match arg("--reload-credentials=") {
+        Some(dir) => {
+            ensure!(
+                w.version < 260,
+                "systemd {} has RefreshOnReload=credentials, yet lunchd runs with the reload copy",
+                w.version
+            );
+            (
+                format!("{dir}/privkey.pem"),
+                "the reload copy (ExecReload=+lunchd-copy-credentials)",
+            )
+        }
+        None => {
+            ensure!(
+                w.version >= 260,
+                "systemd {} cannot refresh credentials on reload, yet lunchd runs without --reload-credentials",
+                w.version
+            );
+            let key = arg("--key=").context("lunchd runs without --key")?;
+            (key, "RefreshOnReload=credentials")
+        }
+    };
+    let uid: u32 = uid.trim().parse().context("no uid of lunchd's process")?;
+    let (content, access) = readable_only_by(c, pid, uid, &path)?;
+    ensure!(content == key, "{path} does not hold the renewed key");
+    Ok(format!(
+        "the renewed key reached lunchd through {how}: {path} ({access})"
+    ))
+}
+
+/// Reads `path` in the mount namespace of lunchd's `pid` as lunchd's
+/// `uid` (its group is the same number), and checks that another user
+/// (nobody) cannot. Returns the content and the mode and owner, which
+/// differ between versions: 252 makes credentials 0400 and owned by the
+/// service's user, 257 and later 0440 root with an ACL for it.
+fn readable_only_by(c: &Container, pid: u32, uid: u32, path: &str) -> anyhow::Result<(String, String)> {
+    let target = format!("--target={pid}");
+    let read_as = |id: u32| {
+        c.output(&[
+            "nsenter",
+            &target,
+            "--mount",
+            "--",
+            "setpriv",
+            &format!("--reuid={id}"),
+            &format!("--regid={id}"),
+            "--clear-groups",
+            "--",
+            "cat",
+            path,
+        ])
+    };
+    let own = read_as(uid)?;
+    ensure!(
+        own.status.success(),
+        "lunchd's uid {uid} cannot read {path}: {}",
+        String::from_utf8_lossy(&own.stderr).trim()
+    );
+    let other = read_as(65534)?;
+    let err = String::from_utf8_lossy(&other.stderr);
+    ensure!(
+        !other.status.success() && err.contains("Permission denied"),
+        "nobody (65534) reading {path}: expected a refusal, got {} {err}",
+        other.status
+    );
+    let stat = in_service(c, pid, &["stat", "--format", "mode %a, owner %u:%g", path])?;
+    Ok((
+        String::from_utf8_lossy(&own.stdout).into_owned(),
+        format!("{}, readable by uid {uid}, not by nobody", stat.trim()),
+    ))
+}
+
+fn step_webroot(w: &World<'_>) -> anyhow::Result<String> {
+    let command = docs_command("certbot certonly --webroot", w.domain)?;
+    let detail = renewal(w, &command, "certonly --webroot")?;
+    let conf =
+        w.c.run(&["cat", &format!("/etc/letsencrypt/renewal/{}.conf", w.domain)])?;
+    ensure!(
+        conf.lines().any(|l| l.replace(' ', "") == "authenticator=webroot"),
+        "certbot does not remember the webroot method for renewals:\n{conf}"
+    );
+    Ok(format!("{detail}\nrenewal/{}.conf: authenticator = webroot", w.domain))
+}
+
+fn step_renew_twice(w: &World<'_>) -> anyhow::Result<String> {
+    let first = renewal(w, RENEW, "renew")?;
+    let second = renewal(w, RENEW, "renew")?;
+    Ok(format!("{first}\n{second}"))
 }
 
 fn step_broken(w: &World<'_>) -> anyhow::Result<String> {
     let c = w.c;
     let pid = main_pid(c)?;
-    // A renewal cut short: the new certificate file ends mid-way.
-    let mut broken = w.broken.clone();
-    let half = broken.cert_pem.len() / 2;
-    broken.cert_pem.truncate(half);
-    broken.chain_pem = broken.cert_pem.clone();
-    install_certificate(c, w.domain, &broken, 3)?;
-    let reload = c.run(&["systemctl", "reload", SERVICE]);
+    let (good, _, _) = latest(w);
+    // certbot renews; a hook that runs before lunchd's cuts the new chain
+    // short (as a full disk or an interrupted copy would), then lunchd's
+    // hook reloads.
+    let hook = c.root().join(CUT_CHAIN_HOOK.trim_start_matches('/'));
+    write(
+        &hook,
+        b"#!/bin/sh\n# e2e: the renewed chain arrives cut short\nset -eu\n\
+          f=$(readlink -f \"$RENEWED_LINEAGE/fullchain.pem\")\n\
+          head -c $(( $(wc -c < \"$f\") - 300 )) \"$f\" > \"$f.cut\"\nmv -f \"$f.cut\" \"$f\"\n",
+        0o755,
+    )?;
+    let t = Instant::now();
+    let renewed = acme::certbot(c, RENEW);
+    let _ = std::fs::remove_file(&hook);
+    renewed?;
+    let certbot_secs = t.elapsed().as_secs_f64();
+    let cut = acme::live(c, w.domain)?;
+    let cut_serial = cut.serial.clone();
+    record(w, cut);
     let text = wait_for("STATUS= to report the failed reload", Duration::from_secs(10), || {
         let t = show(c, "StatusText")?;
         Ok(t.contains("reload failed").then_some(t))
-    });
+    })?;
     let state = is_active(c, SERVICE)?;
+    ensure!(state == "active", "{SERVICE} is {state} after a failed reload");
     let now = main_pid(c)?;
+    ensure!(now == pid, "the main PID changed from {pid} to {now}");
     let serial = served_serial(w)?;
+    ensure!(
+        serial == good,
+        "serving {serial}, expected the previous {good} (certbot's cut one is {cut_serial})"
+    );
+    ensure!(
+        text.contains("fullchain.pem"),
+        "the reason does not name the broken file: {text}"
+    );
+    lock(&w.report)
+        .serials
+        .push(format!("{serial} (renew, chain cut short: kept)"));
     let status = c.output(&["systemctl", "status", "--no-pager", "--full", SERVICE])?;
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
-
-    // The next renewal succeeds, and certbot delivers it through the
-    // deploy hook.
-    install_certificate(c, w.domain, &w.fixed, 4)?;
-    let restored = match &w.deploy_hook {
-        Some(hook) => {
-            let lineage = format!("/etc/letsencrypt/live/{}", w.domain);
-            c.run(&[
-                "env",
-                &format!("RENEWED_LINEAGE={lineage}"),
-                &format!("RENEWED_DOMAINS={}", w.domain),
-                &hook.to_string_lossy(),
-            ])
-            .map(|_| format!("delivered by the deploy hook {}", hook.display()))
-        }
-        None => c.run(&["systemctl", "reload", SERVICE]).and_then(|_| {
-            Err(anyhow::anyhow!(
-                "install-units installed no certbot deploy hook in /etc/letsencrypt/renewal-hooks/deploy"
-            ))
-        }),
-    };
-
-    reload.context("`systemctl reload` itself must succeed; lunchd reports the problem")?;
-    text?;
-    ensure!(state == "active", "{SERVICE} is {state} after a failed reload");
-    ensure!(now == pid, "the main PID changed from {pid} to {now}");
-    ensure!(
-        serial == w.renewed.serial,
-        "serving {serial}, expected the previous {}",
-        w.renewed.serial
-    );
     let line = status
         .lines()
         .find(|l| l.contains("Status:") && l.contains("reload failed"))
-        .context("`systemctl status` does not show the failed reload")?;
-    ensure!(
-        line.contains("fullchain.pem"),
-        "the reason does not name the broken file: {line}"
-    );
-    let restored = restored?;
-    let fixed = wait_for("the next renewal on new handshakes", Duration::from_secs(10), || {
-        let s = served_serial(w)?;
-        Ok((s == w.fixed.serial).then_some(s))
-    })?;
+        .context("`systemctl status` does not show the failed reload")?
+        .trim()
+        .to_owned();
+    let journal = journal_err(w)?;
+
+    // The next renewal is whole, and served.
+    let fixed = renewal(w, RENEW, "renew")?;
     let text = show(c, "StatusText")?;
     ensure!(
         !text.contains("reload failed"),
         "STATUS= still reports the failed reload: {text}"
     );
     Ok(format!(
-        "still active, PID {pid}, serial {serial}\n{}\nthe next renewal, serial {fixed}, {restored}",
-        line.trim()
+        "`{RENEW}` ({certbot_secs:.1} s) with the chain cut: still active, PID {pid}, serial {serial}\n{line}\n{journal}\nthen {fixed}"
     ))
+}
+
+/// The reason of the failed reload in `journalctl -u lunchd -p err`. Until
+/// lunchd logs with journald priorities ([`JOURNAL_PRIORITIES`]) this is
+/// an expected failure, reported and not fatal.
+fn journal_err(w: &World<'_>) -> anyhow::Result<String> {
+    let check = || -> anyhow::Result<String> {
+        let out =
+            w.c.run(&["journalctl", "--no-pager", "-u", SERVICE, "-p", "err", "-o", "cat"])?;
+        let line = out
+            .lines()
+            .find(|l| l.contains("fullchain.pem"))
+            .with_context(|| format!("`journalctl -u {SERVICE} -p err` does not show the reason:\n{out}"))?;
+        Ok(line.to_owned())
+    };
+    Ok(match (check(), JOURNAL_PRIORITIES) {
+        (Ok(line), true) => format!("journal, priority err: {line}"),
+        (Ok(line), false) => {
+            let note = format!(
+                "journalctl -p err now shows the reason ({line}): set JOURNAL_PRIORITIES in xtask/src/e2e/steps.rs"
+            );
+            lock(&w.report)
+                .expected_failures
+                .push(format!("UNEXPECTED PASS: {note}"));
+            note
+        }
+        (Err(e), false) => {
+            let note = format!("expected to fail until journald priorities land in lunchd: {e:#}");
+            lock(&w.report).expected_failures.push(
+                "journalctl -u lunchd -p err does not show the failed reload (until journald priorities land)"
+                    .to_owned(),
+            );
+            note.lines().next().unwrap_or_default().to_owned()
+        }
+        (Err(e), true) => return Err(e),
+    })
 }
 
 fn step_restart(w: &World<'_>) -> anyhow::Result<String> {
@@ -806,7 +1082,7 @@ fn step_restart(w: &World<'_>) -> anyhow::Result<String> {
 
 fn step_kill(w: &World<'_>) -> anyhow::Result<String> {
     let c = w.c;
-    let old = main_pid(c)?;
+    let old = running_pid(c)?;
     let restarts: u32 = show(c, "NRestarts")?.parse().unwrap_or(0);
     let (load, (killed_at, up_at, new)) = under_load(w, || {
         c.run(&["kill", "-9", &old.to_string()])?;
@@ -852,6 +1128,68 @@ fn step_kill(w: &World<'_>) -> anyhow::Result<String> {
     ))
 }
 
+fn step_watchdog(w: &World<'_>) -> anyhow::Result<String> {
+    let c = w.c;
+    let old = running_pid(c)?;
+    let restarts: u32 = show(c, "NRestarts")?.parse().unwrap_or(0);
+    let watchdog = show(c, "WatchdogUSec")?;
+    c.run(&["kill", "-STOP", &old.to_string()])?;
+    let stopped_at = Instant::now();
+    wait_for("lunchd to be stopped", Duration::from_secs(5), || {
+        let status = c.run(&["cat", &format!("/proc/{old}/status")])?;
+        Ok(status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("T (stopped)"))
+            .then_some(()))
+    })?;
+    let stop = AtomicBool::new(false);
+    let (hung, new, restarted_at) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let clients = scope.spawn(|| client::while_hung(c, &w.tls, 443, HUNG_INTERVAL, &stop));
+        let new = wait_active_within(c, Some(old), Duration::from_secs(60));
+        let restarted_at = Instant::now();
+        // Some connections to the new process too.
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let hung = clients.join().map_err(|_| anyhow::anyhow!("the clients panicked"))??;
+        Ok((hung, new, restarted_at))
+    })?;
+    let new = new.context("systemd did not restart the stopped lunchd (is WatchdogSec= set?)")?;
+    let seconds = restarted_at.duration_since(stopped_at).as_secs_f64();
+    let after: u32 = show(c, "NRestarts")?.parse().unwrap_or(0);
+    ensure!(
+        after > restarts,
+        "systemd did not count a restart (NRestarts {restarts} -> {after})"
+    );
+    let journal = c.run(&["journalctl", "--no-pager", "-o", "cat", "-u", SERVICE])?;
+    let timeout = journal
+        .lines()
+        .rev()
+        .find(|l| l.contains("Watchdog timeout"))
+        .context("systemd logged no watchdog timeout for lunchd")?
+        .trim()
+        .to_owned();
+    ensure!(
+        hung.refused == 0,
+        "{} of {} connections refused",
+        hung.refused,
+        hung.attempts
+    );
+    ensure!(hung.attempts > 0, "no connection was made while lunchd hung");
+    ensure!(
+        hung.failed.is_empty(),
+        "{} of {} connections made while lunchd hung were not answered: {:?}",
+        hung.failed.len(),
+        hung.attempts,
+        hung.failed
+    );
+    lock(&w.report).watchdog = Some(seconds);
+    Ok(format!(
+        "PID {old} stopped, {new} active {seconds:.1} s later (WatchdogUSec={watchdog}); {timeout}\n\
+         {} connections made meanwhile, all answered, 0 refused",
+        hung.attempts
+    ))
+}
+
 fn step_security(w: &World<'_>) -> anyhow::Result<String> {
     let out = w.c.output(&["systemd-analyze", "security", "--no-pager", SERVICE])?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -865,8 +1203,23 @@ fn step_security(w: &World<'_>) -> anyhow::Result<String> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("cannot read the score in {line:?}"))?;
+    // What is left, e.g. `RootDirectory=/RootImage= 0.1`.
+    let left: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains('✗'))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let exposure = words.last().filter(|w| w.parse::<f64>().is_ok_and(|v| v > 0.0))?;
+            Some(format!("{} {exposure}", words.get(1)?))
+        })
+        .collect();
+    lock(&w.report).exposure = Some(format!(
+        "{} (left: {})",
+        line.split(':').nth(1).unwrap_or_default().trim(),
+        left.join(", ")
+    ));
     ensure!(
-        score <= 0.5,
+        score <= 0.2,
         "{}",
         text.lines()
             .filter(|l| l.contains('✗') || l.contains("Overall"))

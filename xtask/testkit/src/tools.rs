@@ -26,6 +26,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("kill", "procps"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
+    ("promtool", "prometheus"),
 ];
 
 /// What `cargo xtask bench` drives (nginx aside, for `--against nginx`),

@@ -1,0 +1,185 @@
+//! The HTTP/3 server on a real UDP socket, with a real quinn + h3 client:
+//! Retry under load, the connection bound, and the drain at shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::routing::get;
+use hyper::body::Buf;
+use lunch_net::Limits;
+use lunch_net::quic::{self, QuicServer};
+use lunch_net::tls::{CertificateStore, LoadedCertificate};
+use lunch_testkit::TestCa;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+fn router() -> Router {
+    Router::new().route("/", get(|| async { "lunch\n" })).route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "slow lunch\n"
+        }),
+    )
+}
+
+struct Running {
+    addr: SocketAddr,
+    ca: TestCa,
+    server_stats: Arc<lunch_net::Stats>,
+    quic_stats: Arc<quic::QuicStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn serve(limits: Limits, retry_above: Option<usize>) -> Running {
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["localhost"], 7);
+    let certificate = LoadedCertificate::from_pem(
+        leaf.key_pem.as_bytes(),
+        "key.pem".as_ref(),
+        leaf.chain_pem.as_bytes(),
+        "fullchain.pem".as_ref(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let store = CertificateStore::new(certificate);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut server = QuicServer::new(
+        socket,
+        quic::server_config(store),
+        lunch_net::tower_handler(router()),
+        limits,
+    )
+    .unwrap();
+    if let Some(open) = retry_above {
+        server = server.retry_above(open);
+    }
+    let addr = server.local_addr().unwrap();
+    let (server_stats, quic_stats) = (server.stats(), server.quic_stats());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        ca,
+        server_stats,
+        quic_stats,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn connect(running: &Running) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let tls = QuicClientConfig::try_from(running.ca.client_config(&[b"h3"])).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
+    let connecting = endpoint.connect(running.addr, "localhost").unwrap();
+    connecting.await
+}
+
+/// GET `path` on a new HTTP/3 session over `connection`: status and body.
+async fn fetch(connection: &quinn::Connection, path: &str) -> (u16, String) {
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+        .await
+        .unwrap();
+    tokio::spawn(async move { driver.wait_idle().await });
+    let request = hyper::Request::get(format!("https://localhost{path}"))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(request).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    (response.status().as_u16(), String::from_utf8(body).unwrap())
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+#[tokio::test]
+async fn a_client_asked_to_retry_is_served_after_proving_its_address() {
+    let running = serve(Limits::default(), Some(0));
+    let connection = connect(&running).await.unwrap();
+    assert_eq!(fetch(&connection, "/").await, (200, "lunch\n".to_owned()));
+    assert_eq!(running.quic_stats.retried.load(Ordering::Relaxed), 1);
+    assert_eq!(running.server_stats.accepted.load(Ordering::Relaxed), 1);
+
+    // Below the threshold nobody is asked.
+    let relaxed = serve(Limits::default(), None);
+    let connection = connect(&relaxed).await.unwrap();
+    assert_eq!(fetch(&connection, "/").await.0, 200);
+    assert_eq!(relaxed.quic_stats.retried.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn clients_beyond_the_connection_bound_are_refused_until_one_closes() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let running = serve(limits, Some(usize::MAX));
+    let first = connect(&running).await.unwrap();
+    assert_eq!(fetch(&first, "/").await.0, 200);
+    match connect(&running).await {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED,
+                "{close}"
+            )
+        }
+        other => panic!("a second client got {other:?}"),
+    }
+    assert_eq!(running.quic_stats.refused.load(Ordering::Relaxed), 1);
+
+    first.close(0u32.into(), b"done");
+    until("the first connection closing", || {
+        running.server_stats.active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    let third = connect(&running).await.unwrap();
+    assert_eq!(fetch(&third, "/").await.0, 200);
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish_then_closes() {
+    let mut running = serve(Limits::default(), None);
+    let connection = connect(&running).await.unwrap();
+    let conn = connection.clone();
+    let slow = tokio::spawn(async move { fetch(&conn, "/slow").await });
+    until("the request arriving", || {
+        running.server_stats.active.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.stop.take().unwrap().send(()).unwrap();
+    let answer = timeout(Duration::from_secs(5), slow).await.unwrap().unwrap();
+    assert_eq!(answer, (200, "slow lunch\n".to_owned()));
+    timeout(Duration::from_secs(5), &mut running.task)
+        .await
+        .unwrap()
+        .unwrap();
+    // The endpoint has closed the connection, and takes no new ones.
+    assert!(
+        timeout(Duration::from_secs(5), connection.closed()).await.is_ok(),
+        "the connection stayed open"
+    );
+    let late = timeout(Duration::from_secs(2), connect(&running)).await;
+    assert!(!matches!(late, Ok(Ok(_))), "a client connected after the shutdown");
+}

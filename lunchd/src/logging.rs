@@ -1,0 +1,223 @@
+//! Where log records go and how they look.
+//!
+//! On a terminal or into a file, the human format of `tracing_subscriber`
+//! (time, level, message). When stderr is the journal — `JOURNAL_STREAM`
+//! names stderr's device and inode, as `systemd.exec(5)` documents — each
+//! line starts with its syslog priority, `<3>` for an error, `<4>` for a
+//! warning, `<6>` for information and `<7>` for debugging, which journald
+//! strips and stores as `PRIORITY=` (`SyslogLevelPrefix=yes`, the
+//! default), so that `journalctl -p warning` and `-p err` find them.
+//!
+//! Why the stream and not journald's native protocol (tracing-journald):
+//! the stream is the file descriptor systemd hands over at exec, so it
+//! needs nothing of the sandbox. The native protocol needs
+//! `/run/systemd/journal/socket` to be reachable: it is under
+//! `RestrictAddressFamilies=AF_UNIX` and `ProtectSystem=strict` (a socket
+//! inode stays connectable on a read-only mount), but not under
+//! `RootDirectory=`, `TemporaryFileSystem=/run` or `InaccessiblePaths=`,
+//! where tracing-journald drops every record without a word. On one stream
+//! the records also stay in order with everything else the process
+//! writes there (main's last error, a panic). What the stream cannot carry
+//! are journal fields of their own: the values an operator filters on are
+//! in the message as `key=value` (`journalctl -u lunchd --grep
+//! 'serial='`), and the machine-readable ones (certificate dates, reload
+//! outcomes) are metrics.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` is
+/// `DEVICE:INODE` of the stream systemd connected, and stderr is still it
+/// (not redirected by a wrapper, nor a child's inherited variable).
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some(expected) = value.to_str().and_then(parse_journal_stream) else {
+        return false;
+    };
+    stderr_identity() == Some(expected)
+}
+
+fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
+    let (device, inode) = value.split_once(':')?;
+    Some((device.parse().ok()?, inode.parse().ok()?))
+}
+
+fn stderr_identity() -> Option<(u64, u64)> {
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let metadata = std::fs::File::from(fd).metadata().ok()?;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+/// The syslog priority journald stores for a record of `level`.
+pub fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// `text` with `<priority>` before every line: journald reads each line
+/// of a stream as a record of its own, and a line without a prefix as
+/// information.
+fn prefix_lines(priority: u8, text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 4);
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(format!("<{priority}>").as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Installs the global subscriber for the filter `level` (`[log] level`;
+/// `RUST_LOG` wins).
+pub fn init(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    // rustls warns once per handshake about client mistakes it handles
+    // anyway (an IP address as SNI, as wrk and some scanners send): not the
+    // operator's concern, and a way to flood the journal.
+    let directives = if level.contains("rustls") {
+        level.to_owned()
+    } else {
+        format!("{level},rustls=error")
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&directives))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if stderr_is_journal() {
+        // journald stamps every line itself and shows no colours.
+        builder.without_time().with_ansi(false).with_writer(Journal).init();
+    } else {
+        builder.with_writer(std::io::stderr).init();
+    }
+}
+
+/// Prints the error that ends the process, as an error in the journal.
+pub fn fatal(message: &str) {
+    let line = format!("lunchd: error: {message}\n");
+    let mut stderr = std::io::stderr().lock();
+    let _ = if stderr_is_journal() {
+        stderr.write_all(&prefix_lines(3, line.as_bytes()))
+    } else {
+        stderr.write_all(line.as_bytes())
+    };
+}
+
+/// Writes each record to stderr with its priority before every line.
+struct Journal;
+
+impl<'a> MakeWriter<'a> for Journal {
+    type Writer = PriorityLines;
+
+    fn make_writer(&'a self) -> PriorityLines {
+        PriorityLines::new(priority(Level::INFO))
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> PriorityLines {
+        PriorityLines::new(priority(*meta.level()))
+    }
+}
+
+/// One record, written in one `write` when it is complete so that records
+/// of different threads do not interleave.
+struct PriorityLines {
+    priority: u8,
+    buffer: Vec<u8>,
+}
+
+impl PriorityLines {
+    fn new(priority: u8) -> PriorityLines {
+        PriorityLines {
+            priority,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+impl Write for PriorityLines {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for PriorityLines {
+    fn drop(&mut self) {
+        // The human format pads ` INFO` and ` WARN` to the width of
+        // `ERROR`; in the journal that is only a stray space.
+        let record = self.buffer.strip_prefix(b" ").unwrap_or(&self.buffer);
+        if !record.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&prefix_lines(self.priority, record));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_prefix(priority: u8, text: &str, expected: &str) {
+        let out = prefix_lines(priority, text.as_bytes());
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "{text:?}");
+    }
+
+    #[test]
+    fn every_line_carries_the_priority() {
+        check_prefix(3, "reload failed\n", "<3>reload failed\n");
+        check_prefix(
+            3,
+            "reload failed:\nlunchd.toml:3:1: bad\nlunchd.toml:4:1: worse\n",
+            "<3>reload failed:\n<3>lunchd.toml:3:1: bad\n<3>lunchd.toml:4:1: worse\n",
+        );
+        check_prefix(6, "no newline", "<6>no newline");
+        check_prefix(6, "", "");
+    }
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        let cases = [
+            (Level::ERROR, 3),
+            (Level::WARN, 4),
+            (Level::INFO, 6),
+            (Level::DEBUG, 7),
+            (Level::TRACE, 7),
+        ];
+        for (level, expected) in cases {
+            assert_eq!(priority(level), expected, "{level}");
+        }
+    }
+
+    #[test]
+    fn journal_stream_is_device_colon_inode() {
+        let cases: [(&str, Option<(u64, u64)>); 6] = [
+            ("8:12345", Some((8, 12345))),
+            ("0:0", Some((0, 0))),
+            ("64769:2883595", Some((64769, 2883595))),
+            ("", None),
+            ("8", None),
+            ("8:x", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_journal_stream(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn stderr_identity_is_what_fstat_says() {
+        let (device, inode) = stderr_identity().expect("stderr is open in tests");
+        let metadata = std::fs::metadata("/proc/self/fd/2").unwrap();
+        assert_eq!((device, inode), (metadata.dev(), metadata.ino()));
+    }
+}
