@@ -188,6 +188,12 @@ pub const FAMILIES: &[Family] = &[
         help: "Times a server reached [limits] max_connections and stopped accepting until one ended; clients wait, none is refused.",
     },
     Family {
+        name: "lunchd_connections_refused_total",
+        kind: "counter",
+        labels: "server, reason",
+        help: "Connections closed at once after accept, by reason: per_client (the client already held [limits] max_connections_per_client).",
+    },
+    Family {
         name: "lunchd_tls_handshakes_total",
         kind: "counter",
         labels: "kind",
@@ -342,13 +348,19 @@ impl Metrics {
             }
             "lunchd_connections_accepted_total"
             | "lunchd_connections_open"
-            | "lunchd_connection_limit_reached_total" => {
+            | "lunchd_connection_limit_reached_total"
+            | "lunchd_connections_refused_total" => {
                 let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
                 for (server, stats) in connections.iter() {
                     let value = match name {
                         "lunchd_connections_accepted_total" => stats.accepted.load(Ordering::Relaxed),
                         "lunchd_connections_open" => stats.active.load(Ordering::Relaxed) as u64,
-                        _ => stats.limit_reached.load(Ordering::Relaxed),
+                        "lunchd_connection_limit_reached_total" => stats.limit_reached.load(Ordering::Relaxed),
+                        _ => {
+                            let value = stats.refused_per_client.load(Ordering::Relaxed);
+                            sample(out, name, &format!("server=\"{server}\",reason=\"per_client\""), value);
+                            continue;
+                        }
                     };
                     sample(out, name, &format!("server=\"{server}\""), value);
                 }

@@ -165,6 +165,13 @@ async fn the_metrics_socket_tells_what_happened() {
         value(&after, "lunchd_connection_limit_reached_total{server=\"https\"}"),
         0.0
     );
+    assert_eq!(
+        value(
+            &after,
+            "lunchd_connections_refused_total{server=\"https\",reason=\"per_client\"}"
+        ),
+        0.0
+    );
 
     // One good reload, one failed.
     lunchd.signal(libc::SIGHUP);
