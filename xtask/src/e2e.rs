@@ -15,6 +15,7 @@
 
 mod acme;
 mod client;
+mod cluster;
 mod container;
 mod steps;
 mod tree;
@@ -43,6 +44,10 @@ pub(crate) struct Args {
     /// uses].
     #[arg(long, value_name = "URL")]
     mirror: Option<String>,
+    /// Instead: three lunchd nodes (systemd 252 containers) behind HAProxy
+    /// on a private network of network namespaces (see docs/scale-out.md).
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// A systemd generation the e2e proves.
@@ -80,6 +85,9 @@ impl Generation {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.cluster {
+        return cluster::run(&args);
+    }
     let started = Instant::now();
     let generations: Vec<Generation> = GENERATIONS
         .iter()
@@ -223,6 +231,8 @@ fn run_generation(
         root,
         binds: &binds,
         log: &staging.join("console.log"),
+        machine: container::MACHINE,
+        netns: None,
     })?;
     let version = container
         .run(&["systemctl", "show", "-P", "Version"])?

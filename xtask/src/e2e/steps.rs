@@ -13,24 +13,24 @@ use super::acme::{self, Live, Pebble};
 use super::client::{self, Load, Tls, TlsConnection};
 use super::container::Container;
 
-const SERVICE: &str = "lunchd.service";
-const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
+pub(super) const SERVICE: &str = "lunchd.service";
+pub(super) const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 /// Where the clients inside the container find pebble's root.
 const CA_PATH: &str = "/root/pebble-root.pem";
 /// docs/deploy.md, step 3: the commands that configure the ACME webroot.
-const CONFIGURE_WEBROOT: &str =
+pub(super) const CONFIGURE_WEBROOT: &str =
     "sed -i 's|^#acme_webroot = |acme_webroot = |' /etc/lunchd/lunchd.toml && mkdir -p /var/lib/lunchd-acme";
 /// The certbot deploy hook install-units installs.
-const DEPLOY_HOOK: &str = "/etc/letsencrypt/renewal-hooks/deploy/lunchd";
+pub(super) const DEPLOY_HOOK: &str = "/etc/letsencrypt/renewal-hooks/deploy/lunchd";
 /// A deploy hook that runs before lunchd's (certbot runs them in name
 /// order) and cuts the renewed chain short.
 const CUT_CHAIN_HOOK: &str = "/etc/letsencrypt/renewal-hooks/deploy/00-e2e-cut-chain";
 /// `certbot renew` as certbot.timer runs it, but renewing now.
-const RENEW: &str = "certbot renew --force-renewal --non-interactive";
+pub(super) const RENEW: &str = "certbot renew --force-renewal --non-interactive";
 /// systemd's range of dynamic users (`DynamicUser=`).
 const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 /// The spacing of connection attempts under load.
-const LOAD_INTERVAL: Duration = Duration::from_millis(10);
+pub(super) const LOAD_INTERVAL: Duration = Duration::from_millis(10);
 /// The spacing of connection attempts while lunchd hangs.
 const HUNG_INTERVAL: Duration = Duration::from_millis(100);
 /// Until the journald priorities land in lunchd, its reasons are logged at
@@ -353,7 +353,7 @@ fn prepare(c: &Container, domain: &str, report: &mut Report) -> anyhow::Result<(
 }
 
 /// The docs/deploy.md command that begins with `prefix`, for `domain`.
-fn docs_command(prefix: &str, domain: &str) -> anyhow::Result<String> {
+pub(super) fn docs_command(prefix: &str, domain: &str) -> anyhow::Result<String> {
     let path = crate::project_root().join("docs/deploy.md");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     acme::docs_command(&text, prefix, domain)
@@ -428,7 +428,11 @@ fn in_service(c: &Container, pid: u32, argv: &[&str]) -> anyhow::Result<String> 
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+pub(super) fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f()? {
@@ -511,7 +515,7 @@ fn curl(w: &World<'_>, args: &[&str]) -> anyhow::Result<String> {
     w.c.run(&argv)
 }
 
-fn dish_of(json: &str) -> anyhow::Result<String> {
+pub(super) fn dish_of(json: &str) -> anyhow::Result<String> {
     let value: serde_json::Value = serde_json::from_str(json).with_context(|| format!("not JSON: {json:?}"))?;
     let dish = value["lunch"].as_str().unwrap_or_default().to_owned();
     ensure!(!dish.is_empty(), "no dish in {json}");
