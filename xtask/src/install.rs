@@ -39,6 +39,10 @@ const CONFIG: &str = "etc/lunchd/lunchd.toml";
 const CERTBOT_HOOK: &str = "etc/letsencrypt/renewal-hooks/deploy/lunchd";
 const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 const SERVICE: &str = "lunchd.service";
+/// Optional: written only with `--metrics ADDR`.
+const METRICS_SOCKET: &str = "lunchd-metrics.socket";
+/// The address deploy/lunchd-metrics.socket listens on as checked in.
+const TEMPLATE_METRICS: &str = "127.0.0.1:9465";
 
 /// Used when the workspace has no `deploy/lunchd.toml`: lunchd's built-in
 /// defaults apply.
@@ -74,6 +78,11 @@ pub(crate) struct InstallArgs {
     /// Skip `systemd-analyze verify` of the written units.
     #[arg(long)]
     no_verify: bool,
+    /// Also write lunchd-metrics.socket listening on ADDR (keep it on
+    /// loopback, e.g. 127.0.0.1:9465), name it in the service's Sockets=
+    /// and enable it: lunchd serves Prometheus metrics there.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of uninstall-units.
@@ -118,7 +127,10 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     if !args.no_build && !args.dry_run {
         build_release(&root)?;
     }
-    let files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    let mut files = plan(&root, &binary, &args.domain, &prefix, version)?;
+    if let Some(addr) = args.metrics {
+        add_metrics(&root, &mut files, addr)?;
+    }
     let to_root = args.destdir == Path::new("/");
 
     println!(
@@ -148,6 +160,11 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     }
     if to_root {
         Command::new("systemctl").arg("daemon-reload").run_checked()?;
+        if args.metrics.is_some() {
+            Command::new("systemctl")
+                .args(["enable", METRICS_SOCKET])
+                .run_checked()?;
+        }
     }
     print_next_steps(&args.domain, to_root);
     Ok(())
@@ -159,9 +176,16 @@ pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
         disable.args(["disable", "--now"]).args(SOCKETS).arg(SERVICE);
+        if Path::new("/").join(UNIT_DIR).join(METRICS_SOCKET).exists() {
+            disable.arg(METRICS_SOCKET);
+        }
         disable.run_checked()?;
     }
-    let mut paths: Vec<PathBuf> = SOCKETS.iter().chain([&SERVICE]).map(|u| unit_path(u)).collect();
+    let mut paths: Vec<PathBuf> = SOCKETS
+        .iter()
+        .chain([&SERVICE, &METRICS_SOCKET])
+        .map(|u| unit_path(u))
+        .collect();
     paths.push(prefix.join("bin/lunchd"));
     paths.push(prefix.join("libexec/lunchd-copy-credentials"));
     paths.push(Path::new("/").join(CERTBOT_HOOK));
@@ -240,6 +264,50 @@ fn plan(root: &Path, binary: &Path, domain: &str, prefix: &Path, version: u32) -
         mode: 0o755,
     });
     Ok(files)
+}
+
+/// With `--metrics ADDR`: deploy/lunchd-metrics.socket listening on
+/// `addr`, and the service's `Sockets=` naming it.
+fn add_metrics(root: &Path, files: &mut Vec<File>, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let path = root.join("deploy").join(METRICS_SOCKET);
+    let socket = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let socket = replace_once(
+        &socket,
+        &format!("\nListenStream={TEMPLATE_METRICS}\n"),
+        &format!("\nListenStream={addr}\n"),
+    )?;
+    let service = files
+        .iter_mut()
+        .find(|f| f.path == unit_path(SERVICE))
+        .context("no lunchd.service to add the metrics socket to")?;
+    let Contents::Text(unit) = &service.contents else {
+        bail!("lunchd.service is not rendered text");
+    };
+    service.contents = Contents::Text(metrics_service(unit)?);
+    files.push(File {
+        path: unit_path(METRICS_SOCKET),
+        contents: Contents::Text(socket),
+        mode: 0o644,
+    });
+    Ok(())
+}
+
+/// The rendered service with lunchd-metrics.socket among its sockets:
+/// passed (`Sockets=`), ordered after, and wanted (not required: lunchd
+/// serves without it).
+fn metrics_service(unit: &str) -> anyhow::Result<String> {
+    let sockets = SOCKETS.join(" ");
+    let unit = replace_once(
+        unit,
+        &format!("\nSockets={sockets}\n"),
+        &format!("\nSockets={sockets} {METRICS_SOCKET}\n"),
+    )?;
+    let unit = replace_once(
+        &unit,
+        &format!("\nAfter={sockets}\n"),
+        &format!("\nAfter={sockets} {METRICS_SOCKET}\nWants={METRICS_SOCKET}\n"),
+    )?;
+    Ok(unit)
 }
 
 /// `deploy/lunchd.service` filled in for `domain` and `prefix` and adapted
@@ -625,6 +693,54 @@ mod tests {
                 "systemd {version}:\n{unit}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_adds_a_third_socket_that_the_service_passes_and_wants() {
+        let root = crate::project_root();
+        for version in [252, 257, 262] {
+            let mut files = plan(
+                &root,
+                Path::new("/bin/true"),
+                "lunch.example",
+                Path::new("/usr/local"),
+                version,
+            )
+            .unwrap();
+            add_metrics(&root, &mut files, "127.0.0.1:9100".parse().unwrap()).unwrap();
+            let text = |name: &str| match &files.iter().find(|f| f.path == unit_path(name)).unwrap().contents {
+                Contents::Text(t) => t.clone(),
+                Contents::Copy(_) => panic!("{name} is a copy"),
+            };
+            let socket = text(METRICS_SOCKET);
+            let listen: Vec<&str> = socket.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
+            assert_eq!(listen, ["127.0.0.1:9100"]);
+            assert!(socket.lines().any(|l| l == "FileDescriptorName=metrics"), "{socket}");
+            let service = text(SERVICE);
+            assert!(
+                service
+                    .lines()
+                    .any(|l| l == "Sockets=lunchd-http.socket lunchd-https.socket lunchd-metrics.socket"),
+                "{service}"
+            );
+            assert!(service.lines().any(|l| l == "Wants=lunchd-metrics.socket"), "{service}");
+            // Optional: lunchd starts without it.
+            assert!(
+                service
+                    .lines()
+                    .any(|l| l == "Requires=lunchd-http.socket lunchd-https.socket"),
+                "{service}"
+            );
+            assert!(service.lines().any(|l| l == "LogsDirectory=lunchd"), "{service}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_socket_as_checked_in_listens_on_loopback() {
+        let socket = std::fs::read_to_string(crate::project_root().join("deploy").join(METRICS_SOCKET)).unwrap();
+        assert!(socket.contains(&format!("\nListenStream={TEMPLATE_METRICS}\n")));
+        assert!(socket.contains("\nService=lunchd.service\n"));
+        assert!(!socket.contains("IPAddress"));
     }
 
     #[test]
