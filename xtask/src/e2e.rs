@@ -330,9 +330,10 @@ fn preflight(generations: &[Generation]) -> anyhow::Result<()> {
     if !Path::new("/usr/lib/systemd/systemd").exists() {
         bail!("no systemd in /usr/lib/systemd/systemd to boot; install the `systemd` package");
     }
-    // (tool, package): nspawn always; certbot and pebble on the host for
-    // the generation that boots the host's /usr; debootstrap for trees.
-    let mut needed = vec![("systemd-nspawn", "systemd-container")];
+    // (tool, package): nspawn, and promtool that checks the metrics, always;
+    // certbot and pebble on the host for the generation that boots the
+    // host's /usr; debootstrap for trees.
+    let mut needed = vec![("systemd-nspawn", "systemd-container"), ("promtool", "prometheus")];
     if generations.iter().any(|g| g.suite.is_none()) {
         needed.extend([("certbot", "certbot"), ("pebble", "pebble")]);
     }
