@@ -25,6 +25,7 @@ mod handler;
 mod handshake;
 mod limits;
 mod probe;
+pub mod proxy;
 pub mod redirect;
 mod server;
 pub mod sockets;
