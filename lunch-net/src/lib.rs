@@ -28,6 +28,7 @@ mod handler;
 mod handshake;
 mod limits;
 mod probe;
+pub mod proxy;
 pub mod quic;
 pub mod redirect;
 mod server;

@@ -15,6 +15,7 @@
 
 mod acme;
 mod client;
+mod cluster;
 mod container;
 mod steps;
 mod tree;
@@ -43,6 +44,10 @@ pub(crate) struct Args {
     /// uses].
     #[arg(long, value_name = "URL")]
     mirror: Option<String>,
+    /// Instead: three lunchd nodes (systemd 252 containers) behind HAProxy
+    /// on a private network of network namespaces (see docs/scale-out.md).
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// A systemd generation the e2e proves.
@@ -80,6 +85,9 @@ impl Generation {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.cluster {
+        return cluster::run(&args);
+    }
     let started = Instant::now();
     let generations: Vec<Generation> = GENERATIONS
         .iter()
@@ -223,6 +231,8 @@ fn run_generation(
         root,
         binds: &binds,
         log: &staging.join("console.log"),
+        machine: container::MACHINE,
+        netns: None,
     })?;
     let version = container
         .run(&["systemctl", "show", "-P", "Version"])?
@@ -320,9 +330,10 @@ fn preflight(generations: &[Generation]) -> anyhow::Result<()> {
     if !Path::new("/usr/lib/systemd/systemd").exists() {
         bail!("no systemd in /usr/lib/systemd/systemd to boot; install the `systemd` package");
     }
-    // (tool, package): nspawn always; certbot and pebble on the host for
-    // the generation that boots the host's /usr; debootstrap for trees.
-    let mut needed = vec![("systemd-nspawn", "systemd-container")];
+    // (tool, package): nspawn, and promtool that checks the metrics, always;
+    // certbot and pebble on the host for the generation that boots the
+    // host's /usr; debootstrap for trees.
+    let mut needed = vec![("systemd-nspawn", "systemd-container"), ("promtool", "prometheus")];
     if generations.iter().any(|g| g.suite.is_none()) {
         needed.extend([("certbot", "certbot"), ("pebble", "pebble")]);
     }

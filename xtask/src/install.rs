@@ -41,6 +41,10 @@ const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
 const SERVICE: &str = "lunchd.service";
 /// The optional UDP socket for HTTP/3 (`--quic`).
 const QUIC_SOCKET: &str = "lunchd-quic.socket";
+/// Optional: written only with `--metrics ADDR`.
+const METRICS_SOCKET: &str = "lunchd-metrics.socket";
+/// The address deploy/lunchd-metrics.socket listens on as checked in.
+const TEMPLATE_METRICS: &str = "127.0.0.1:9465";
 
 /// Used when the workspace has no `deploy/lunchd.toml`: lunchd's built-in
 /// defaults apply.
@@ -80,6 +84,11 @@ pub(crate) struct InstallArgs {
     /// to the service's Sockets=.
     #[arg(long)]
     quic: bool,
+    /// Also write lunchd-metrics.socket listening on ADDR (keep it on
+    /// loopback, e.g. 127.0.0.1:9465), name it in the service's Sockets=
+    /// and enable it: lunchd serves Prometheus metrics there.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of uninstall-units.
@@ -128,6 +137,9 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     if args.quic {
         add_quic(&root, &mut files)?;
     }
+    if let Some(addr) = args.metrics {
+        add_metrics(&root, &mut files, addr)?;
+    }
     let to_root = args.destdir == Path::new("/");
 
     println!(
@@ -157,6 +169,13 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
     }
     if to_root {
         Command::new("systemctl").arg("daemon-reload").run_checked()?;
+        let optional: Vec<&str> = [QUIC_SOCKET, METRICS_SOCKET]
+            .into_iter()
+            .filter(|unit| files.iter().any(|f| f.path == unit_path(unit)))
+            .collect();
+        if !optional.is_empty() {
+            Command::new("systemctl").arg("enable").args(optional).run_checked()?;
+        }
     }
     print_next_steps(&args.domain, to_root);
     Ok(())
@@ -165,17 +184,22 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
 pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let prefix = absolute_prefix(&args.prefix)?;
     let to_root = args.destdir == Path::new("/");
-    let quic = under(&args.destdir, &unit_path(QUIC_SOCKET))
-        .exists()
-        .then_some(QUIC_SOCKET);
+    let optional: Vec<&str> = [QUIC_SOCKET, METRICS_SOCKET]
+        .into_iter()
+        .filter(|unit| under(&args.destdir, &unit_path(unit)).exists())
+        .collect();
     if to_root && !args.dry_run && Path::new("/").join(UNIT_DIR).join(SERVICE).exists() {
         let mut disable = Command::new("systemctl");
-        disable.args(["disable", "--now"]).args(SOCKETS).args(quic).arg(SERVICE);
+        disable
+            .args(["disable", "--now"])
+            .args(SOCKETS)
+            .args(&optional)
+            .arg(SERVICE);
         disable.run_checked()?;
     }
     let mut paths: Vec<PathBuf> = SOCKETS
         .iter()
-        .chain(quic.as_ref())
+        .chain(&optional)
         .chain([&SERVICE])
         .map(|u| unit_path(u))
         .collect();
@@ -259,35 +283,70 @@ fn plan(root: &Path, binary: &Path, domain: &str, prefix: &Path, version: u32) -
     Ok(files)
 }
 
-/// Adds the HTTP/3 socket to `files`: its unit as it is, and in the
-/// service's `Sockets=` and `After=` (`Wants=`, not `Requires=`: a UDP port
-/// that cannot be bound leaves HTTPS over TCP serving).
+/// Adds the HTTP/3 socket to `files` and to the service (`--quic`).
 fn add_quic(root: &Path, files: &mut Vec<File>) -> anyhow::Result<()> {
     let path = root.join("deploy").join(QUIC_SOCKET);
     let unit = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let sockets = SOCKETS.join(" ");
+    add_socket(files, QUIC_SOCKET, unit)
+}
+
+/// With `--metrics ADDR`: deploy/lunchd-metrics.socket listening on
+/// `addr`, added to `files` and to the service.
+fn add_metrics(root: &Path, files: &mut Vec<File>, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let path = root.join("deploy").join(METRICS_SOCKET);
+    let socket = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let socket = replace_once(
+        &socket,
+        &format!("\nListenStream={TEMPLATE_METRICS}\n"),
+        &format!("\nListenStream={addr}\n"),
+    )?;
+    add_socket(files, METRICS_SOCKET, socket)
+}
+
+/// Adds the optional socket unit `name` (`unit`, its text) to `files`,
+/// and to the service's sockets: passed (`Sockets=`), ordered after and
+/// wanted (`Wants=`, not `Requires=`: lunchd serves without it, and a port
+/// that cannot be bound leaves the others serving).
+fn add_socket(files: &mut Vec<File>, name: &str, unit: String) -> anyhow::Result<()> {
     let service = files
         .iter_mut()
         .find(|f| f.path == unit_path(SERVICE))
         .context("install-units plans no lunchd.service")?;
-    if let Contents::Text(text) = &mut service.contents {
-        let edited = replace_once(
-            text,
-            &format!("\nSockets={sockets}\n"),
-            &format!("\nSockets={sockets} {QUIC_SOCKET}\n"),
-        )?;
-        *text = replace_once(
-            &edited,
-            &format!("\nAfter={sockets}\n"),
-            &format!("\nAfter={sockets} {QUIC_SOCKET}\nWants={QUIC_SOCKET}\n"),
-        )?;
-    }
+    let Contents::Text(text) = &service.contents else {
+        bail!("lunchd.service is not rendered text");
+    };
+    service.contents = Contents::Text(with_socket(text, name)?);
     files.push(File {
-        path: unit_path(QUIC_SOCKET),
+        path: unit_path(name),
         contents: Contents::Text(unit),
         mode: 0o644,
     });
     Ok(())
+}
+
+/// The rendered service `unit` with the socket unit `name` appended to its
+/// `Sockets=` line and to the `After=` line of the other sockets, which a
+/// `Wants=` line for it follows.
+fn with_socket(unit: &str, name: &str) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(unit.len() + 3 * name.len() + 8);
+    let (mut sockets, mut after) = (0, 0);
+    for line in unit.split_inclusive('\n') {
+        let (text, end) = line.strip_suffix('\n').map_or((line, ""), |t| (t, "\n"));
+        out.push_str(text);
+        if text.starts_with("Sockets=") {
+            out.push_str(&format!(" {name}"));
+            sockets += 1;
+        } else if text.starts_with("After=") && SOCKETS.iter().all(|s| text.contains(s)) {
+            out.push_str(&format!(" {name}\nWants={name}"));
+            after += 1;
+        }
+        out.push_str(end);
+    }
+    anyhow::ensure!(
+        (sockets, after) == (1, 1),
+        "lunchd.service has {sockets} Sockets= and {after} After= lines naming the sockets, expected one each"
+    );
+    Ok(out)
 }
 
 /// `deploy/lunchd.service` filled in for `domain` and `prefix` and adapted
@@ -517,8 +576,10 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
         args.push(format!("--root={}", root.display()));
     }
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
-    if files.iter().any(|f| f.path == unit_path(QUIC_SOCKET)) {
-        args.push(QUIC_SOCKET.to_owned());
+    for unit in [QUIC_SOCKET, METRICS_SOCKET] {
+        if files.iter().any(|f| f.path == unit_path(unit)) {
+            args.push(unit.to_owned());
+        }
     }
     let output = systemd_analyze(&args)?;
     let analyzer = systemd_analyze(&["--version"])
@@ -676,6 +737,81 @@ mod tests {
                 "systemd {version}:\n{unit}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_adds_a_third_socket_that_the_service_passes_and_wants() {
+        let root = crate::project_root();
+        for version in [252, 257, 262] {
+            let mut files = plan(
+                &root,
+                Path::new("/bin/true"),
+                "lunch.example",
+                Path::new("/usr/local"),
+                version,
+            )
+            .unwrap();
+            add_metrics(&root, &mut files, "127.0.0.1:9100".parse().unwrap()).unwrap();
+            let text = |name: &str| match &files.iter().find(|f| f.path == unit_path(name)).unwrap().contents {
+                Contents::Text(t) => t.clone(),
+                Contents::Copy(_) => panic!("{name} is a copy"),
+            };
+            let socket = text(METRICS_SOCKET);
+            let listen: Vec<&str> = socket.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
+            assert_eq!(listen, ["127.0.0.1:9100"]);
+            assert!(socket.lines().any(|l| l == "FileDescriptorName=metrics"), "{socket}");
+            let service = text(SERVICE);
+            assert!(
+                service
+                    .lines()
+                    .any(|l| l == "Sockets=lunchd-http.socket lunchd-https.socket lunchd-metrics.socket"),
+                "{service}"
+            );
+            assert!(service.lines().any(|l| l == "Wants=lunchd-metrics.socket"), "{service}");
+            // Optional: lunchd starts without it.
+            assert!(
+                service
+                    .lines()
+                    .any(|l| l == "Requires=lunchd-http.socket lunchd-https.socket"),
+                "{service}"
+            );
+            assert!(service.lines().any(|l| l == "LogsDirectory=lunchd"), "{service}");
+        }
+    }
+
+    #[test]
+    fn quic_and_metrics_together_are_both_passed_ordered_and_wanted() {
+        let root = crate::project_root();
+        let mut files = plan(
+            &root,
+            Path::new("/bin/true"),
+            "lunch.example",
+            Path::new("/usr/local"),
+            262,
+        )
+        .unwrap();
+        add_quic(&root, &mut files).unwrap();
+        add_metrics(&root, &mut files, "127.0.0.1:9465".parse().unwrap()).unwrap();
+        let service = match &files.iter().find(|f| f.path == unit_path(SERVICE)).unwrap().contents {
+            Contents::Text(t) => t.clone(),
+            Contents::Copy(_) => panic!("the service is a copy"),
+        };
+        let lines: Vec<&str> = service.lines().collect();
+        let sockets = "lunchd-http.socket lunchd-https.socket lunchd-quic.socket lunchd-metrics.socket";
+        assert!(lines.contains(&format!("Sockets={sockets}").as_str()), "{service}");
+        assert!(lines.contains(&format!("After={sockets}").as_str()), "{service}");
+        for unit in [QUIC_SOCKET, METRICS_SOCKET] {
+            assert!(lines.contains(&format!("Wants={unit}").as_str()), "{service}");
+            assert!(files.iter().any(|f| f.path == unit_path(unit)), "{unit} not written");
+        }
+    }
+
+    #[test]
+    fn the_metrics_socket_as_checked_in_listens_on_loopback() {
+        let socket = std::fs::read_to_string(crate::project_root().join("deploy").join(METRICS_SOCKET)).unwrap();
+        assert!(socket.contains(&format!("\nListenStream={TEMPLATE_METRICS}\n")));
+        assert!(socket.contains("\nService=lunchd.service\n"));
+        assert!(!socket.contains("IPAddress"));
     }
 
     #[test]

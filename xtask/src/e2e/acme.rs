@@ -80,8 +80,10 @@ impl Pebble {
                     .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
             })
             .unwrap_or_else(|| "pebble (version unknown)".to_owned());
-        // No sleeps before validating, and no nonces rejected at random
-        // (the default rejects 5%: certbot would retry, or fail a renewal).
+        // No sleeps before validating, no nonces rejected at random (the
+        // default rejects 5%: certbot would retry, or fail a renewal), and
+        // no valid authorization reused (the default reuses half of them):
+        // every issuance validates the challenge on port 80.
         c.run(&[
             "systemd-run",
             "--unit=pebble",
@@ -90,6 +92,8 @@ impl Pebble {
             "PEBBLE_VA_NOSLEEP=1",
             "-E",
             "PEBBLE_WFE_NONCEREJECT=0",
+            "-E",
+            "PEBBLE_AUTHZREUSE=0",
             "pebble",
             "-config",
             &format!("{DIR}/config.json"),

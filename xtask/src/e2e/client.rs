@@ -4,6 +4,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -208,13 +209,30 @@ pub(crate) fn load(
     interval: Duration,
     stop: &AtomicBool,
 ) -> anyhow::Result<Load> {
-    const MAX_ATTEMPTS: usize = 3000;
-    container.in_netns(|| {
+    load_at(
+        Path::new(&format!("/proc/{}/ns/net", container.pid1())),
+        loopback(port),
+        tls,
+        interval,
+        stop,
+    )
+}
+
+/// [`load`] from the network namespace at `ns`, to `addr`.
+pub(crate) fn load_at(
+    ns: &Path,
+    addr: SocketAddr,
+    tls: &Tls,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<Load> {
+    const MAX_ATTEMPTS: usize = 20_000;
+    super::container::in_netns(ns, || {
         let mut load = Load::default();
         while !stop.load(Ordering::Relaxed) && load.attempts < MAX_ATTEMPTS {
             let started = Instant::now();
             load.attempts += 1;
-            let outcome = TcpStream::connect_timeout(&loopback(port), IO_TIMEOUT);
+            let outcome = TcpStream::connect_timeout(&addr, IO_TIMEOUT);
             let ok = match outcome {
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     load.refused += 1;

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// The machine name, also the name of the cgroup directories.
+/// The machine name, also the name of the cgroup directories; the
+/// cluster's machines are named after it with a suffix (`lunchd-e2e-n1`).
 pub(crate) const MACHINE: &str = "lunchd-e2e";
 
 /// How long any one command inside the container may take.
@@ -45,6 +46,11 @@ pub(crate) struct Boot<'a> {
     pub(crate) binds: &'a [PathBuf],
     /// Where nspawn's console output goes.
     pub(crate) log: &'a Path,
+    /// The machine name ([`MACHINE`] or one beginning with it).
+    pub(crate) machine: &'a str,
+    /// A network namespace to join (`/run/netns/NAME`); `None`: a private
+    /// one with only loopback.
+    pub(crate) netns: Option<&'a Path>,
 }
 
 /// A booted container. Dropping it tears it down.
@@ -54,19 +60,22 @@ pub(crate) struct Container {
     cgroups: Vec<PathBuf>,
 }
 
-/// The cgroup directories the nspawn process is put in: one per mounted
-/// hierarchy that systemd uses (the unified one, and the named `systemd`
-/// one on a hybrid host).
-fn cgroup_dirs() -> Vec<PathBuf> {
+/// The cgroup directories the nspawn process of `machine` is put in: one
+/// per mounted hierarchy that systemd uses (the unified one, and the named
+/// `systemd` one on a hybrid host).
+fn cgroup_dirs(machine: &str) -> Vec<PathBuf> {
+    hierarchies().into_iter().map(|h| h.join(machine)).collect()
+}
+
+fn hierarchies() -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
-        return vec![root.join(MACHINE)];
+        return vec![root.to_path_buf()];
     }
     ["unified", "systemd"]
         .iter()
         .map(|h| root.join(h))
         .filter(|h| h.join("cgroup.procs").exists())
-        .map(|h| h.join(MACHINE))
         .collect()
 }
 
@@ -78,7 +87,17 @@ fn unified_dir(dirs: &[PathBuf]) -> Option<&PathBuf> {
 /// Removes what an interrupted earlier run left: processes in our cgroup
 /// and the cgroup directories. Returns whether there was anything.
 pub(crate) fn remove_leftovers() -> anyhow::Result<bool> {
-    let dirs: Vec<PathBuf> = cgroup_dirs().into_iter().filter(|d| d.exists()).collect();
+    let dirs: Vec<PathBuf> = hierarchies()
+        .iter()
+        .filter_map(|h| std::fs::read_dir(h).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name == MACHINE || name.starts_with(&format!("{MACHINE}-"))
+        })
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     if dirs.is_empty() {
         return Ok(false);
     }
@@ -155,7 +174,7 @@ fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
 impl Container {
     /// Boots the container and waits until its systemd reports `running`.
     pub(crate) fn boot(boot: &Boot<'_>) -> anyhow::Result<Container> {
-        let cgroups = cgroup_dirs();
+        let cgroups = cgroup_dirs(boot.machine);
         if cgroups.is_empty() {
             bail!("no cgroup hierarchy under /sys/fs/cgroup; systemd-nspawn needs cgroups mounted");
         }
@@ -205,11 +224,14 @@ exec systemd-nspawn "$@""#;
         }
         let child = nspawn
             .arg("--boot")
-            .arg(format!("--machine={MACHINE}"))
+            .arg(format!("--machine={}", boot.machine))
             // There is no host bus or machined to register with.
             .args(["--register=no", "--keep-unit"])
             .arg("--console=passive")
-            .arg("--private-network")
+            .arg(match boot.netns {
+                None => "--private-network".to_owned(),
+                Some(path) => format!("--network-namespace-path={}", path.display()),
+            })
             // Lets the container's systemd attach the cgroup BPF programs
             // that enforce IPAddressDeny=.
             .arg("--system-call-filter=bpf")
@@ -346,20 +368,7 @@ exec systemd-nspawn "$@""#;
     /// namespace: sockets it creates live there (and stay there when handed
     /// back).
     pub(crate) fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let ns = File::open(format!("/proc/{}/ns/net", self.pid1)).context("opening the container's netns")?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    rustix::thread::move_into_link_name_space(
-                        ns.as_fd(),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )
-                    .context("joining the container's network namespace")?;
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
-        })
+        in_netns(Path::new(&format!("/proc/{}/ns/net", self.pid1)), f)
     }
 
     /// Powers the container off and removes what the boot created; fails
@@ -415,6 +424,22 @@ impl Drop for Container {
             eprintln!("xtask: {e:#}");
         }
     }
+}
+
+/// Runs `f` on a thread that has joined the network namespace at `ns`
+/// (`/proc/PID/ns/net`, `/run/netns/NAME`).
+pub(crate) fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let ns = File::open(ns).with_context(|| format!("opening the network namespace {}", ns.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+                    .context("joining a network namespace")?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+    })
 }
 
 /// The host PID of the container's init: a descendant of `nspawn_pid` that
