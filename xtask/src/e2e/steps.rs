@@ -623,8 +623,10 @@ fn step_activation(w: &World<'_>) -> anyhow::Result<String> {
         "HTTP/2 request: expected `2 200` (version, status), got `{meta}`"
     );
     let dish2 = dish_of(body)?;
-    let state = is_active(c, SERVICE)?;
-    ensure!(state == "active", "{SERVICE} is {state} after the first request");
+    // lunchd answers the request that started it as soon as it accepts;
+    // systemd marks it active when it has read READY=1, a moment later.
+    wait_active_within(c, None, Duration::from_secs(5))
+        .with_context(|| format!("{SERVICE} answered the first request but did not become active"))?;
     let h1 = curl(w, &["--http1.1", "--write-out", "\n%{http_version} %{http_code}", &url])?;
     let (body, meta) = h1.rsplit_once('\n').context("no curl write-out")?;
     ensure!(meta == "1.1 200", "HTTP/1.1 request: expected `1.1 200`, got `{meta}`");
