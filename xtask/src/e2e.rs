@@ -17,7 +17,7 @@ mod acme;
 mod client;
 mod container;
 mod steps;
-mod tree;
+pub(crate) mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
