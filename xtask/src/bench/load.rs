@@ -181,7 +181,7 @@ fn parse_wrk(text: &str) -> Option<Outcome> {
     (seen == (true, true, true, true)).then_some(outcome)
 }
 
-pub(super) fn parse_h2load(text: &str) -> Option<Outcome> {
+fn parse_h2load(text: &str) -> Option<Outcome> {
     let mut outcome = Outcome::default();
     let mut seen = (false, false);
     for line in text.lines().map(str::trim) {
@@ -224,7 +224,7 @@ pub(super) fn parse_h2load(text: &str) -> Option<Outcome> {
 }
 
 /// p50 and p99 from h2load's `--log-file` (start µs, status, duration µs).
-pub(super) fn h2load_percentiles(log: &str) -> Option<(f64, f64)> {
+fn h2load_percentiles(log: &str) -> Option<(f64, f64)> {
     let mut durations: Vec<u64> = log
         .lines()
         .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
