@@ -63,7 +63,7 @@ pub struct ConnectionInfo {
 }
 
 /// Gives `request` the extension `info`, when there is one.
-pub(crate) fn tag(request: &mut Request<Incoming>, info: Option<&ConnectionInfo>) {
+pub(crate) fn tag<B>(request: &mut Request<B>, info: Option<&ConnectionInfo>) {
     if let Some(info) = info {
         request.extensions_mut().insert(info.clone());
     }

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use crate::handler::Handler;
+use crate::handler::{ConnectionInfo, Handler, tag};
 use crate::limits::{Limits, OpenConnection, Stats};
 use crate::probe::{Probe, Questions};
 
@@ -91,6 +91,7 @@ pub struct QuicServer<S> {
     handler: S,
     limits: Limits,
     retry_above: usize,
+    connection_info: bool,
     stats: Arc<Stats>,
     quic_stats: Arc<QuicStats>,
     probe: Probe,
@@ -103,6 +104,7 @@ impl<S> std::fmt::Debug for QuicServer<S> {
             .field("local_addr", &self.endpoint.local_addr().ok())
             .field("limits", &self.limits)
             .field("retry_above", &self.retry_above)
+            .field("connection_info", &self.connection_info)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +145,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
             endpoint,
             handler,
             retry_above: limits.max_connections / 2,
+            connection_info: false,
             limits,
             stats: Arc::default(),
             quic_stats: Arc::default(),
@@ -158,6 +161,14 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
     /// for it or sends more than the Retry itself.
     pub fn retry_above(mut self, open: usize) -> QuicServer<S> {
         self.retry_above = open;
+        self
+    }
+
+    /// Gives every request a [`ConnectionInfo`]: the client's address
+    /// and the server name it sent, as the TCP server's
+    /// [`with_connection_info`](crate::Server::with_connection_info) does.
+    pub fn with_connection_info(mut self) -> QuicServer<S> {
+        self.connection_info = true;
         self
     }
 
@@ -190,6 +201,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
             handler,
             limits,
             retry_above,
+            connection_info,
             stats,
             quic_stats,
             probe,
@@ -232,6 +244,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                         incoming,
                         handler.clone(),
                         Arc::clone(&limits),
+                        connection_info,
                         OpenConnection::new(&stats),
                         Arc::clone(&stats),
                         stopping.clone(),
@@ -272,6 +285,7 @@ async fn serve_connection<S: Handler<QuicBody>>(
     incoming: Incoming,
     handler: S,
     limits: Arc<Limits>,
+    connection_info: bool,
     _open: OpenConnection,
     stats: Arc<Stats>,
     mut stopping: watch::Receiver<bool>,
@@ -301,6 +315,14 @@ async fn serve_connection<S: Handler<QuicBody>>(
         }
     };
     tracing::debug!(server = "quic", %peer, "http/3 connection established");
+    let info = connection_info.then(|| ConnectionInfo {
+        peer,
+        server_name: connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.server_name)
+            .map(Into::into),
+    });
     let mut requests = JoinSet::new();
     let mut draining = *stopping.borrow_and_update();
     if draining {
@@ -321,10 +343,11 @@ async fn serve_connection<S: Handler<QuicBody>>(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let handler = handler.clone();
+                    let info = info.clone();
                     let header_timeout = limits.header_timeout;
                     requests.spawn(async move {
                         match timeout(header_timeout, resolver.resolve_request()).await {
-                            Ok(Ok((request, stream))) => serve_request(request, stream, handler, peer).await,
+                            Ok(Ok((request, stream))) => serve_request(request, stream, handler, peer, info.as_ref()).await,
                             Ok(Err(e)) => tracing::debug!(server = "quic", %peer, "bad request: {e}"),
                             Err(_) => tracing::debug!(server = "quic", %peer, "request headers timed out"),
                         }
@@ -352,13 +375,20 @@ async fn serve_connection<S: Handler<QuicBody>>(
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-async fn serve_request<S: Handler<QuicBody>>(request: Request<()>, stream: Stream, handler: S, peer: SocketAddr) {
+async fn serve_request<S: Handler<QuicBody>>(
+    request: Request<()>,
+    stream: Stream,
+    handler: S,
+    peer: SocketAddr,
+    info: Option<&ConnectionInfo>,
+) {
     let (mut send, recv) = stream.split();
     let returned = Arc::new(Mutex::new(None));
-    let request = request.map(|()| QuicBody {
+    let mut request = request.map(|()| QuicBody {
         stream: Some(recv),
         returned: Arc::clone(&returned),
     });
+    tag(&mut request, info);
     let Ok(response) = handler.handle(request).await;
     let (mut parts, body) = response.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2).

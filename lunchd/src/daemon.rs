@@ -204,13 +204,19 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     // ARCHITECTURE.md (one socket, one endpoint task).
     match (quic, quic_local) {
         (Some(socket), Some(local)) => {
+            // Counted and logged as https requests of protocol h3.
             let server = QuicServer::new(
                 socket,
                 lunch_net::quic::server_config(Arc::clone(&store) as _),
-                lunch_net::tower_handler(app),
+                Observed::new(lunch_net::tower_handler(app), counted("https"), access),
                 config.limits.clone(),
             )
             .context("starting the http/3 server")?;
+            let server = if access.is_some() {
+                server.with_connection_info()
+            } else {
+                server
+            };
             probes.push(server.probe());
             listeners.push_str(&format!(", http/3 on {local}"));
             tracing::info!("serving http/3 on udp {local} ({how})");

@@ -90,7 +90,7 @@ const BUCKET_MICROS: [u64; 14] = [
     10_000_000,
 ];
 
-const PROTOCOLS: [&str; 2] = ["h1", "h2"];
+const PROTOCOLS: [&str; 3] = ["h1", "h2", "h3"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 // The cells of one server: requests by protocol and class, then the
@@ -117,7 +117,11 @@ impl ServerMetrics {
 
     /// Counts one answered request.
     pub fn record(&self, version: Version, status: StatusCode, elapsed: Duration) {
-        let protocol = usize::from(version == Version::HTTP_2);
+        let protocol = match version {
+            Version::HTTP_2 => 1,
+            Version::HTTP_3 => 2,
+            _ => 0,
+        };
         let class = (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1;
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = BUCKET_MICROS.partition_point(|&le| le < micros);
@@ -161,7 +165,7 @@ pub const FAMILIES: &[Family] = &[
         name: "lunchd_http_requests_total",
         kind: "counter",
         labels: "server, protocol, class",
-        help: "Requests answered, by server (https, or http: the redirect), protocol (h1, h2) and status class (2xx...).",
+        help: "Requests answered, by server (https, or http: the redirect), protocol (h1, h2, or h3: HTTP/3, counted under https) and status class (2xx...).",
     },
     Family {
         name: "lunchd_http_request_duration_seconds",

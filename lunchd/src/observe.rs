@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response, Version};
 
@@ -64,16 +63,19 @@ struct Measure {
     access: Option<Seen>,
 }
 
-impl<H, B> Service<Request<Incoming>> for Observed<H>
+// Generic over the request body `R` (hyper's `Incoming` over TCP,
+// `QuicBody` over HTTP/3): each is its own monomorphic copy, so neither
+// pays for the other.
+impl<H, B, R> Service<Request<R>> for Observed<H>
 where
-    H: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    H: Service<Request<R>, Response = Response<B>, Error = Infallible>,
     B: hyper::body::Body,
 {
     type Response = Response<B>;
     type Error = Infallible;
     type Future = ObservedFuture<H::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<R>) -> Self::Future {
         let measure = if self.metrics.is_none() && self.access.is_none() {
             None
         } else {
@@ -130,7 +132,11 @@ where
                     time: seen.time,
                     client: seen.connection.as_ref().map(|c| c.peer),
                     server_name: seen.connection.as_ref().and_then(|c| c.server_name.as_deref()),
-                    protocol: if measure.version == Version::HTTP_2 { "h2" } else { "h1" },
+                    protocol: match measure.version {
+                        Version::HTTP_2 => "h2",
+                        Version::HTTP_3 => "h3",
+                        _ => "h1",
+                    },
                     method: seen.method.as_str(),
                     target: match (seen.log.query, seen.uri.path_and_query()) {
                         (true, Some(pq)) => pq.as_str(),

@@ -30,6 +30,8 @@ struct H3Lunchd {
     child: Child,
     quic: u16,
     https: u16,
+    /// The metrics socket, when started [`observed`](H3Lunchd::observed).
+    metrics: Option<u16>,
     log: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
     ca: TestCa,
@@ -38,19 +40,39 @@ struct H3Lunchd {
 
 impl H3Lunchd {
     fn start(limits: &str) -> H3Lunchd {
-        H3Lunchd::start_with(limits, tempfile::tempdir().unwrap(), None)
+        H3Lunchd::start_with(limits, tempfile::tempdir().unwrap(), None, false)
     }
 
-    /// In `dir`, telling systemd's notifications to `notify`.
-    fn start_with(limits: &str, dir: tempfile::TempDir, notify: Option<&NotifySocket>) -> H3Lunchd {
+    /// With a metrics socket and the access log on, in `dir`/logs.
+    fn observed(dir: tempfile::TempDir) -> H3Lunchd {
+        H3Lunchd::start_with("", dir, None, true)
+    }
+
+    /// In `dir`, telling systemd's notifications to `notify`; `observed`
+    /// adds a metrics socket and turns the access log on.
+    fn start_with(limits: &str, dir: tempfile::TempDir, notify: Option<&NotifySocket>, observed: bool) -> H3Lunchd {
         let ca = TestCa::new();
         let leaf = ca.issue(&["lunch.test", "localhost"], 1);
         let (key, chain) = write_leaf(dir.path(), &leaf);
         let config = dir.path().join("lunchd.toml");
-        std::fs::write(&config, served_config(&key, &chain, limits, "")).unwrap();
+        let extra = if observed { "[log]\naccess = true" } else { "" };
+        std::fs::write(&config, served_config(&key, &chain, limits, extra)).unwrap();
         let activate = require_tool("systemd-socket-activate", "systemd");
         let (quic, https, http) = (free_udp_port(), free_port(), free_port());
         let notify_env = notify.map(|n| format!("--setenv=NOTIFY_SOCKET={}", n.path.display()));
+        let metrics = observed.then(free_port);
+        let observe_args = match metrics {
+            Some(port) => {
+                let logs = dir.path().join("logs");
+                std::fs::create_dir(&logs).unwrap();
+                vec![
+                    format!("--listen=127.0.0.1:{port}"),
+                    "--fdname=quic:https:http:metrics".to_owned(),
+                    format!("--setenv=LOGS_DIRECTORY={}", logs.display()),
+                ]
+            }
+            None => vec!["--fdname=quic:https:http".to_owned()],
+        };
         let mut child = Command::new(&activate)
             .arg("--datagram")
             .arg(format!("--listen=127.0.0.1:{quic}"))
@@ -58,7 +80,7 @@ impl H3Lunchd {
             .arg(&activate)
             .arg(format!("--listen=127.0.0.1:{https}"))
             .arg(format!("--listen=127.0.0.1:{http}"))
-            .arg("--fdname=quic:https:http")
+            .args(&observe_args)
             .args(&notify_env)
             .arg("--setenv=RUST_LOG=debug,h2=info,rustls=info,hyper=info,quinn=info,quinn_proto=info,h3=info")
             .arg(LUNCHD)
@@ -86,6 +108,7 @@ impl H3Lunchd {
             child,
             quic,
             https,
+            metrics,
             log,
             dir,
             ca,
@@ -145,7 +168,7 @@ fn free_udp_port() -> u16 {
 
 /// One QUIC connection with HTTP/3 on it.
 struct H3Connection {
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
@@ -186,7 +209,7 @@ impl H3Connection {
             .map_err(|e| format!("HTTP/3 setup failed: {e}"))?;
         let driver = tokio::spawn(async move { driver.wait_idle().await });
         Ok(H3Connection {
-            _endpoint: endpoint,
+            endpoint,
             connection,
             send,
             driver,
@@ -285,10 +308,80 @@ async fn the_lunch_is_served_over_http3_with_a_verified_certificate_and_advertis
 }
 
 #[tokio::test]
+async fn http3_requests_are_counted_as_h3_and_written_to_the_access_log() {
+    let lunchd = H3Lunchd::observed(tempfile::tempdir().unwrap());
+    let scrape = || {
+        let response = support::raw_request(
+            lunchd.metrics.unwrap(),
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(support::status_of(&response), Some(200), "{response}");
+        response
+    };
+    let count = |text: &str, class: &str| -> f64 {
+        let series = format!("lunchd_http_requests_total{{server=\"https\",protocol=\"h3\",class=\"{class}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let before = scrape();
+    assert_eq!((count(&before, "2xx"), count(&before, "4xx")), (0.0, 0.0));
+
+    let mut h3 = lunchd.connect().await;
+    assert_eq!(h3.get("/healthz").await.status, 200);
+    assert_eq!(h3.get("/healthz").await.status, 200);
+    assert_eq!(h3.get("/no-such-page").await.status, 404);
+    let after = scrape();
+    assert_eq!(
+        (count(&after, "2xx"), count(&after, "4xx")),
+        (2.0, 1.0),
+        "{}",
+        lunchd.log()
+    );
+    // Not counted as a TCP protocol.
+    assert!(
+        after.contains("lunchd_http_requests_total{server=\"https\",protocol=\"h2\",class=\"2xx\"} 0"),
+        "{after}"
+    );
+
+    let path = lunchd.dir.path().join("logs/access.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let client = h3.endpoint.local_addr().unwrap().to_string();
+    let mut lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "{text}\n{}", lunchd.log());
+    lines.sort_unstable_by_key(|f| f[5]);
+    for fields in &lines {
+        assert_eq!(fields.len(), 9, "{text}");
+        // The client's address as the QUIC connection saw it, the server
+        // name it sent in its handshake.
+        assert_eq!(fields[1], client, "{text}");
+        assert_eq!((fields[2], fields[3], fields[4]), ("localhost", "h3", "GET"), "{text}");
+    }
+    let summary: Vec<(&str, &str)> = lines.iter().map(|f| (f[5], f[6])).collect();
+    assert_eq!(
+        summary,
+        [
+            ("\"/healthz\"", "200"),
+            ("\"/healthz\"", "200"),
+            ("\"/no-such-page\"", "404")
+        ],
+        "{text}"
+    );
+    lunchd.assert_no_panic();
+}
+
+#[tokio::test]
 async fn readiness_and_status_include_http3() {
     let dir = tempfile::tempdir().unwrap();
     let notify = NotifySocket::new(dir.path());
-    let lunchd = H3Lunchd::start_with("", dir, Some(&notify));
+    let lunchd = H3Lunchd::start_with("", dir, Some(&notify), false);
     let messages = notify.wait_for("READY=1", Duration::from_secs(10));
     let ready = messages.last().unwrap();
     assert!(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+mod h3;
 mod idle;
 mod load;
 mod procs;
@@ -55,6 +56,10 @@ pub(crate) struct Args {
     /// report the resident memory each costs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4000))]
     idle: Option<u16>,
+    /// Only the HTTP/3 test (xtask's quinn + h3 client), against lunchd's quic socket
+    /// and nginx's, both run from the e2e's forky tree (see bench/h3.rs).
+    #[arg(long)]
+    h3: bool,
     /// Where results go [default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -122,7 +127,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Test::ALL.into_iter().filter(|t| args.only.contains(t)).collect()
     };
-    ensure_tools(args.against.is_some() || args.idle.is_some())?;
+    if !args.h3 {
+        ensure_tools(args.against.is_some() || args.idle.is_some())?;
+    }
 
     let root = crate::project_root();
     let binary = match args.lunchd {
@@ -130,6 +137,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         None => build_lunchd(&root)?,
     };
     let out = args.out.unwrap_or_else(|| root.join("target/bench"));
+    if args.h3 {
+        return h3::run(&binary, duration, &out);
+    }
     let scratch = out.join("run");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;

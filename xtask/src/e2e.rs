@@ -18,7 +18,7 @@ mod client;
 mod cluster;
 mod container;
 mod steps;
-mod tree;
+pub(crate) mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -37,12 +37,18 @@ const BASE: &[&str] = &[
 ];
 
 /// Installed with apt-get in the finished base: debootstrap cannot
-/// configure certbot's Python packages itself.
-const EXTRA: &[&str] = &["certbot", "pebble"];
+/// configure certbot's Python packages itself. nginx and h2load (in
+/// nghttp2-client) are for `cargo xtask bench --h3`, which runs them in
+/// the forky tree: the host's have no HTTP/3.
+const EXTRA: &[&str] = &["certbot", "pebble", "nginx", "nghttp2-client"];
 
 /// Timers that would act on their own during a run (certbot's renews, apt
 /// updates): masked in the tree.
+///
+/// nginx too: it would start at boot and take port 80 before
+/// lunchd-http.socket could.
 const MASKED: &[&str] = &[
+    "nginx.service",
     "certbot.timer",
     "apt-daily.timer",
     "apt-daily-upgrade.timer",

@@ -1,0 +1,504 @@
+//! `cargo xtask bench --h3`: HTTP/3 load against lunchd's `quic` socket
+//! and against nginx's `listen ... quic` + `http3 on`, in the same run.
+//!
+//! This host's Debian (bookworm) has no nginx with HTTP/3, so nginx and
+//! the curl that checks each server answers over HTTP/3
+//! (`--http3-only`) come from the forky tree that the e2e builds (cached
+//! under target/e2e-trees) and run in `chroot TREE`. A chroot shares the
+//! host's network and PID namespaces: its curl reaches lunchd on the
+//! host's 127.0.0.1, and the CPU and RSS of the chrooted nginx are read
+//! from the host's /proc like any other process's.
+//!
+//! The load is this module's own client (quinn + h3, the libraries
+//! lunchd serves with), shaped like the h2 test's h2load: two threads,
+//! 64 connections, 10 requests in flight on each. forky's h2load has
+//! `--h3` in its help but is built without ngtcp2: every request fails.
+//! The method is the other tests': server CPU (utime + stime of the
+//! server's processes) per request, peak RSS sampled every 0.5 s, after a
+//! warm-up.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Buf;
+use lunch_testkit::{Checked, NotifySocket, TestCa, try_free_port as free_port};
+
+use super::load::Outcome;
+use super::procs::{self, Guard, Sampler};
+use super::servers::{self, Certificate};
+use crate::e2e::tree;
+
+/// The load, shaped as the h2 test's but over QUIC.
+const TITLE: &str = "HTTP/3 (quinn+h3 client, 2 threads, 64 connections, 10 streams each)";
+const CONNECTIONS: usize = 64;
+const STREAMS: usize = 10;
+
+/// One server's HTTP/3 result.
+struct H3Run {
+    server: &'static str,
+    url: String,
+    outcome: Outcome,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+    idle_rss_kib: u64,
+}
+
+impl H3Run {
+    fn us_per_request(&self) -> f64 {
+        if self.outcome.requests == 0 {
+            return f64::NAN;
+        }
+        self.cpu_seconds * 1e6 / self.outcome.requests as f64
+    }
+}
+
+/// A directory inside the tree, seen from the host as `host` and from the
+/// chroot as `inside`; removed when dropped.
+struct Shared {
+    host: PathBuf,
+    inside: PathBuf,
+}
+
+impl Shared {
+    fn new(tree: &Path) -> anyhow::Result<Shared> {
+        // /run: a booted tree mounts a tmpfs over it, so nothing left here
+        // by an interrupted run shows in the e2e's containers.
+        let inside = PathBuf::from(format!("/run/lunchd-bench-h3-{}", std::process::id()));
+        let host = tree.join(inside.strip_prefix("/").unwrap_or(&inside));
+        let _ = std::fs::remove_dir_all(&host);
+        std::fs::create_dir_all(&host).with_context(|| format!("creating {}", host.display()))?;
+        Ok(Shared { host, inside })
+    }
+
+    /// `host`'s path for the chroot.
+    fn inside(&self, host: &Path) -> PathBuf {
+        host.strip_prefix(&self.host)
+            .map_or_else(|_| host.to_owned(), |rest| self.inside.join(rest))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.host);
+    }
+}
+
+/// Runs the HTTP/3 test against lunchd and nginx for `duration` seconds
+/// each and writes `out`/h3-results.md.
+pub(super) fn run(binary: &Path, duration: f64, out: &Path) -> anyhow::Result<()> {
+    for (tool, package) in [
+        ("systemd-socket-activate", "systemd"),
+        ("openssl", "openssl"),
+        ("debootstrap", "debootstrap"),
+    ] {
+        if !crate::system::on_path(tool) {
+            crate::system::apt_install("bench", &[package])?;
+        }
+    }
+    let root = crate::project_root();
+    let cache = crate::system::target_dir(&root).join("e2e-trees");
+    let mirror = tree::host_mirror()?;
+    let tree = tree::ensure(&cache, "forky", &mirror)?;
+    let tree = tree.dir;
+    for tool in ["usr/bin/h2load", "usr/sbin/nginx", "usr/bin/curl"] {
+        anyhow::ensure!(
+            tree.join(tool).exists(),
+            "the forky tree {} has no /{tool}; remove it so that it is built again",
+            tree.display()
+        );
+    }
+    let shared = Shared::new(&tree)?;
+    // A test CA's certificate, so that the client verifies both servers.
+    let ca = TestCa::try_new().context("making a test CA")?;
+    let leaf = ca
+        .try_issue_with(&["localhost"], 1, |_| {})
+        .context("issuing the test certificate")?;
+    let cert = Certificate {
+        key: shared.host.join("key.pem"),
+        chain: shared.host.join("fullchain.pem"),
+    };
+    std::fs::write(&cert.key, &leaf.key_pem)?;
+    std::fs::write(&cert.chain, &leaf.chain_pem)?;
+    let tls = ca.client_config(&[b"h3"]);
+    let notify_path = shared.host.join("notify.sock");
+    let notify =
+        NotifySocket::bind(notify_path.clone()).with_context(|| format!("binding {}", notify_path.display()))?;
+    let ticks = procs::clock_ticks();
+
+    let lunchd = Lunchd::start(binary, &cert, &shared.host, &notify)?;
+    let nginx = Nginx::start(&tree, &shared, &cert)?;
+    let targets = [
+        ("lunchd", lunchd.guard.pid(), lunchd.quic, servers::LUNCHD_PATH),
+        ("nginx", nginx.guard.pid(), nginx.quic, servers::NGINX_PATH),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    let mut runs = Vec::new();
+    for (server, pid, port, path) in targets {
+        let url = format!("https://127.0.0.1:{port}{path}");
+        check_h3(&tree, server, &url)?;
+        let idle_rss_kib = procs::rss_kib(&procs::family(pid));
+        eprintln!("bench: {server}: {TITLE} for {duration} s: {url}");
+        load(port, path, &tls, super::warm_up(duration)).with_context(|| format!("{server}: h3 warm-up"))?;
+        let sampler = Sampler::start(pid);
+        let outcome = load(port, path, &tls, duration).with_context(|| format!("{server}: h3"))?;
+        let usage = sampler.finish(ticks);
+        let run = H3Run {
+            server,
+            url,
+            outcome,
+            cpu_seconds: usage.cpu_seconds,
+            peak_rss_kib: usage.peak_rss_kib,
+            idle_rss_kib,
+        };
+        eprintln!(
+            "bench:   {:.0} req/s, {:.2} µs server CPU per request, peak RSS {:.1} MiB, {} errors",
+            run.outcome.rps,
+            run.us_per_request(),
+            super::mib(run.peak_rss_kib),
+            run.outcome.errors
+        );
+        runs.push(run);
+    }
+    drop(nginx);
+    drop(lunchd);
+
+    let markdown = markdown(&runs, duration);
+    println!("{markdown}");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("h3-results.md");
+    std::fs::write(&path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: results in {}", path.display());
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r.outcome.errors > 0 || r.outcome.requests == 0)
+        .map(|r| {
+            format!(
+                "{}: {} errors, {} requests",
+                r.server, r.outcome.errors, r.outcome.requests
+            )
+        })
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "requests failed: {}", failed.join("; "));
+    Ok(())
+}
+
+fn markdown(runs: &[H3Run], duration: f64) -> String {
+    let mut md = String::new();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        md,
+        "## HTTP/3\n\n{cpus} CPUs, client and server on the same cores; {duration} s after a warm-up; \
+         127.0.0.1 only; nginx from Debian forky, in a chroot; the load client is xtask's own.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | test | req/s | server CPU µs/req | p50 ms | p99 ms | RSS idle MiB | RSS peak MiB | errors | url |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        let _ = writeln!(
+            md,
+            "| {} | h3 | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
+            r.server,
+            r.outcome.rps,
+            r.us_per_request(),
+            r.outcome.p50_ms,
+            r.outcome.p99_ms,
+            super::mib(r.idle_rss_kib),
+            super::mib(r.peak_rss_kib),
+            r.outcome.errors,
+            r.url
+        );
+    }
+    if let [lunchd, nginx] = runs {
+        let _ = writeln!(
+            md,
+            "\nlunchd/nginx server CPU per request: {:.2}",
+            lunchd.us_per_request() / nginx.us_per_request()
+        );
+    }
+    md
+}
+
+/// One HTTP/3 GET with the tree's curl, which must answer 200.
+fn check_h3(tree: &Path, server: &str, url: &str) -> anyhow::Result<()> {
+    let status = Command::new("chroot")
+        .arg(tree)
+        .args([
+            "curl",
+            "-sk",
+            "--http3-only",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg(url)
+        .read_checked()
+        .with_context(|| format!("{server} answered no HTTP/3 request at {url}"))?;
+    anyhow::ensure!(
+        status.trim() == "200 3",
+        "{server} answered {status:?} over HTTP/3 at {url}; expected `200 3`"
+    );
+    Ok(())
+}
+
+/// `CONNECTIONS` HTTP/3 connections to 127.0.0.1:`port`, `STREAMS`
+/// requests for `path` in flight on each, for `seconds`, on two threads.
+fn load(port: u16, path: &str, tls: &Arc<rustls::ClientConfig>, seconds: f64) -> anyhow::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the load client's runtime")?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::clone(tls))
+        .context("the client's TLS configuration cannot do QUIC")?;
+    let client = quinn::ClientConfig::new(Arc::new(crypto));
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let uri: http::Uri = format!("https://localhost:{port}{path}").parse()?;
+    runtime.block_on(async move {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(seconds);
+        let mut connections = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            let (client, uri) = (client.clone(), uri.clone());
+            connections.spawn(async move { connection(target, client, uri, deadline).await });
+        }
+        let (mut durations, mut errors) = (Vec::new(), 0_u64);
+        while let Some(done) = connections.join_next().await {
+            let (d, e) = done.context("a load connection panicked")?;
+            durations.extend(d);
+            errors += e;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        durations.sort_unstable();
+        let at = |q: f64| {
+            durations
+                .get(((durations.len().saturating_sub(1)) as f64 * q).round() as usize)
+                .map_or(f64::NAN, |&us| us as f64 / 1000.0)
+        };
+        Ok(Outcome {
+            requests: durations.len() as u64,
+            rps: durations.len() as f64 / elapsed,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            errors,
+            tls: Some("TLSv1.3 over QUIC".to_owned()),
+        })
+    })
+}
+
+/// One connection's share of [`load`]: the durations (µs) of the requests
+/// answered with 200, and the count of those that failed.
+async fn connection(
+    target: SocketAddr,
+    client: quinn::ClientConfig,
+    uri: http::Uri,
+    deadline: Instant,
+) -> (Vec<u64>, u64) {
+    let connect = async {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        endpoint.set_default_client_config(client);
+        let connection = endpoint.connect(target, "localhost")?.await?;
+        let (driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .map_err(|e| anyhow::anyhow!("HTTP/3 setup: {e}"))?;
+        Ok::<_, anyhow::Error>((endpoint, connection, driver, send))
+    };
+    let Ok(Ok((endpoint, connection, mut driver, send))) = tokio::time::timeout(Duration::from_secs(10), connect).await
+    else {
+        return (Vec::new(), 1);
+    };
+    let driver = tokio::spawn(async move { driver.wait_idle().await });
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        let (mut send, uri) = (send.clone(), uri.clone());
+        streams.spawn(async move {
+            let (mut durations, mut errors) = (Vec::new(), 0_u64);
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                let request = http::Request::get(uri.clone()).body(()).unwrap_or_default();
+                let exchange = async {
+                    let mut stream = send.send_request(request).await.ok()?;
+                    stream.finish().await.ok()?;
+                    let response = stream.recv_response().await.ok()?;
+                    while let Some(mut chunk) = stream.recv_data().await.ok()? {
+                        chunk.advance(chunk.remaining());
+                    }
+                    Some(response.status())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+                    Ok(Some(status)) if status == http::StatusCode::OK => {
+                        durations.push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (durations, errors)
+        });
+    }
+    drop(send);
+    let (mut durations, mut errors) = (Vec::new(), 0);
+    while let Some(done) = streams.join_next().await {
+        match done {
+            Ok((d, e)) => {
+                durations.extend(d);
+                errors += e;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    connection.close(0_u32.into(), b"");
+    driver.abort();
+    endpoint.wait_idle().await;
+    (durations, errors)
+}
+
+/// lunchd with a UDP socket named `quic` beside `https` and `http`.
+struct Lunchd {
+    guard: Guard,
+    quic: u16,
+}
+
+impl Lunchd {
+    /// `systemd-socket-activate` takes one kind of socket per run, so two
+    /// are chained, as lunchd/tests/h3.rs does: the outer binds the UDP
+    /// socket and passes it on, the inner adds the TCP ones and names all
+    /// three. A first datagram starts the chain.
+    fn start(binary: &Path, cert: &Certificate, dir: &Path, notify: &NotifySocket) -> anyhow::Result<Lunchd> {
+        let (quic, http, https) = (free_udp_port()?, free_port()?, free_port()?);
+        let dir = dir.join("lunchd");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config = dir.join("lunchd.toml");
+        std::fs::write(&config, "[log]\nlevel = \"info\"\n")?;
+        notify.drain();
+        let mut child = Command::new("systemd-socket-activate")
+            .arg("--datagram")
+            .arg(format!("--listen=127.0.0.1:{quic}"))
+            .arg("--fdname=quic")
+            .arg("systemd-socket-activate")
+            .arg(format!("--listen=127.0.0.1:{https}"))
+            .arg(format!("--listen=127.0.0.1:{http}"))
+            .arg("--fdname=quic:https:http")
+            .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.path.display()))
+            .arg(binary)
+            .arg("--config")
+            .arg(&config)
+            .arg("--key")
+            .arg(&cert.key)
+            .arg("--certificate")
+            .arg(&cert.chain)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting systemd-socket-activate (Debian package systemd)")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let guard = Guard::new("lunchd", child);
+        let listening = procs::watch_lines(stderr, &dir.join("lunchd.log"), "Listening on")?;
+        listening
+            .recv_timeout(Duration::from_secs(10))
+            .context("systemd-socket-activate did not listen within 10 s")?;
+        // lunchd reads this as its first packet and drops it.
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.send_to(b"not a quic packet", ("127.0.0.1", quic)))
+            .context("activating lunchd")?;
+        servers::ready_at(notify, Duration::from_secs(15))
+            .with_context(|| format!("lunchd did not get ready; see {}", dir.join("lunchd.log").display()))?;
+        Ok(Lunchd { guard, quic })
+    }
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The tree's nginx with HTTP/3 on `quic` and HTTPS on a TCP port, as the
+/// other tests configure it.
+struct Nginx {
+    guard: Guard,
+    quic: u16,
+}
+
+impl Nginx {
+    fn start(tree: &Path, shared: &Shared, cert: &Certificate) -> anyhow::Result<Nginx> {
+        let (quic, https) = (free_udp_port()?, free_port()?);
+        let dir = shared.host.join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let inside = shared.inside(&dir);
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&inside, shared, cert, quic, https))?;
+        let child = Command::new("chroot")
+            .arg(tree)
+            .arg("nginx")
+            .arg("-p")
+            .arg(&inside)
+            .arg("-c")
+            .arg(inside.join("nginx.conf"))
+            .arg("-e")
+            .arg(inside.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the forky tree's nginx")?;
+        // chroot execs nginx: the pid is nginx's master.
+        let mut guard = Guard::new("nginx", child).stop_with("QUIT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", https)).is_err() {
+            anyhow::ensure!(
+                guard.running() && Instant::now() < deadline,
+                "nginx did not start; see {}",
+                dir.join("error.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx { guard, quic })
+    }
+}
+
+fn nginx_conf(dir: &Path, shared: &Shared, cert: &Certificate, quic: u16, https: u16) -> String {
+    let (key, chain) = (shared.inside(&cert.key), shared.inside(&cert.chain));
+    let (dir, key, chain) = (dir.display(), key.display(), chain.display());
+    let body = servers::NGINX_BODY;
+    let path = servers::NGINX_PATH;
+    format!(
+        r#"# Written by `cargo xtask bench --h3`: the same work as lunchd's.
+worker_processes auto;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    default_type text/html;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        listen 127.0.0.1:{quic} quic reuseport;
+        http2 on;
+        http3 on;
+        ssl_certificate {chain};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        location {path} {{ return 200 "{body}"; }}
+    }}
+}}
+"#
+    )
+}
