@@ -54,8 +54,21 @@ fn identity(path: &Path) -> String {
     format!("{}:{}", metadata.dev(), metadata.ino())
 }
 
+/// A started lunchd, killed when dropped unless it has exited: a failed
+/// assertion must not leave it running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// lunchd with `config`, its stderr going to `log`.
-fn start(config: &Path, log: &Path, env: &[(&str, String)]) -> Child {
+fn start(config: &Path, log: &Path, env: &[(&str, String)]) -> Running {
     let mut command = Command::new(LUNCHD);
     command
         .arg(format!("--config={}", config.display()))
@@ -71,7 +84,7 @@ fn start(config: &Path, log: &Path, env: &[(&str, String)]) -> Child {
     for (key, value) in env {
         command.env(key, value);
     }
-    command.spawn().unwrap()
+    Running(command.spawn().unwrap())
 }
 
 /// The log once it contains `needle`.
@@ -87,16 +100,16 @@ fn wait_log(log: &Path, needle: &str) -> String {
     }
 }
 
-fn signal(child: &Child, signal: i32) {
+fn signal(child: &Running, signal: i32) {
     // SAFETY: kill(2) on the child this test started and has not reaped.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    let rc = unsafe { libc::kill(child.0.id() as i32, signal) };
     assert_eq!(rc, 0);
 }
 
-fn stop(mut child: Child) {
+fn stop(mut child: Running) {
     signal(&child, libc::SIGTERM);
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
 
@@ -182,6 +195,7 @@ fn the_last_words_are_an_error_in_the_journal() {
     let log = dir.path().join("stderr");
     File::create(&log).unwrap();
     let status = start(&config, &log, &[("JOURNAL_STREAM", identity(&log))])
+        .0
         .wait()
         .unwrap();
     assert_eq!(status.code(), Some(1));
