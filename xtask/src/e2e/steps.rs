@@ -46,10 +46,11 @@ const QUIC_SOCKET: &str = "lunchd-quic.socket";
 /// What the HTTPS responses over TCP advertise while the quic socket is
 /// passed.
 const ALT_SVC: &str = "h3=\":443\"; ma=86400";
-/// The first generation whose curl the steps use over HTTP/3: forky's 8.22
-/// with ngtcp2 (`--http3-only`). The host's 7.88 has no HTTP/3; 252 and
-/// 257 check the socket, `STATUS=` and `Alt-Svc` only.
-const H3_CLIENT_FROM: u32 = 262;
+/// The first generation whose curl the steps use over HTTP/3
+/// (`--http3-only`): trixie's 8.14 (nghttp3 on OpenSSL 3.5's QUIC) and
+/// forky's 8.22 (ngtcp2). The host's 7.88 has no HTTP/3: 252 checks the
+/// socket, `STATUS=` and `Alt-Svc` only.
+const H3_CLIENT_FROM: u32 = 257;
 /// docs/operations.md: the access log on, in the installed configuration.
 const CONFIGURE_ACCESS_LOG: &str = "sed -i 's|^#access = false|access = true|' /etc/lunchd/lunchd.toml";
 /// `$LOGS_DIRECTORY/access.log` of `LogsDirectory=lunchd`.
@@ -768,7 +769,7 @@ fn step_activation(w: &World<'_>) -> anyhow::Result<String> {
         format!("h3 (curl --http3-only): {dish3}, serial {serial} verified against pebble's root; ")
     } else {
         lock(&w.report).h3 = Some(format!(
-            "{QUIC_SOCKET} passed, STATUS= and Alt-Svc checked; no HTTP/3 client in this tree (from systemd {H3_CLIENT_FROM})"
+            "{QUIC_SOCKET} passed, STATUS= and Alt-Svc checked; this curl has no HTTP/3 (requests over it from systemd {H3_CLIENT_FROM})"
         ));
         String::new()
     };
