@@ -41,6 +41,16 @@ const JOURNAL_PRIORITIES: bool = true;
 const METRICS_SOCKET: &str = "lunchd-metrics.socket";
 /// Where it listens in the e2e.
 const METRICS_ADDR: &str = "127.0.0.1:9465";
+/// The optional UDP socket for HTTP/3, installed with `install-units --quic`.
+const QUIC_SOCKET: &str = "lunchd-quic.socket";
+/// What the HTTPS responses over TCP advertise while the quic socket is
+/// passed.
+const ALT_SVC: &str = "h3=\":443\"; ma=86400";
+/// The first generation whose curl the steps use over HTTP/3
+/// (`--http3-only`): trixie's 8.14 (nghttp3 on OpenSSL 3.5's QUIC) and
+/// forky's 8.22 (ngtcp2). The host's 7.88 has no HTTP/3: 252 checks the
+/// socket, `STATUS=` and `Alt-Svc` only.
+const H3_CLIENT_FROM: u32 = 257;
 /// docs/operations.md: the access log on, in the installed configuration.
 const CONFIGURE_ACCESS_LOG: &str = "sed -i 's|^#access = false|access = true|' /etc/lunchd/lunchd.toml";
 /// `$LOGS_DIRECTORY/access.log` of `LogsDirectory=lunchd`.
@@ -63,6 +73,10 @@ pub(crate) struct Report {
     pub(crate) watchdog: Option<f64>,
     /// `systemd-analyze security` of the running unit.
     pub(crate) exposure: Option<String>,
+    /// What was proven of HTTP/3.
+    pub(crate) h3: Option<String>,
+    /// After how many reloads a QUIC handshake presented TCP's serial.
+    pub(crate) h3_serials: usize,
     /// How many steps passed, of how many.
     pub(crate) steps: (usize, usize),
     /// Assertions that fail for a known reason (see [`JOURNAL_PRIORITIES`]).
@@ -98,6 +112,14 @@ impl Report {
         lines.push(format!(
             "exposure: {}",
             self.exposure.as_deref().unwrap_or("not measured")
+        ));
+        lines.push(format!(
+            "http/3: {}{}",
+            self.h3.as_deref().unwrap_or("not checked"),
+            match self.h3_serials {
+                0 => String::new(),
+                n => format!("; after {n} reloads QUIC handshakes presented TCP's serial"),
+            }
         ));
         lines.push(format!("steps: {} of {} passed", self.steps.0, self.steps.1));
         for e in &self.expected_failures {
@@ -267,6 +289,7 @@ impl Runner {
 fn diagnostics(c: &Container) {
     let mut units = vec![SERVICE];
     units.extend(SOCKETS);
+    units.push(QUIC_SOCKET);
     let mut status = vec!["systemctl", "status", "--no-pager", "--full", "-n", "0"];
     status.extend(&units);
     let mut journal = vec!["journalctl", "--no-pager", "-n", "40"];
@@ -305,6 +328,7 @@ fn prepare(c: &Container, domain: &str, report: &mut Report) -> anyhow::Result<(
             "--no-build",
             "--metrics",
             METRICS_ADDR,
+            "--quic",
         ],
     )?;
     let detected = out
@@ -319,7 +343,7 @@ fn prepare(c: &Container, domain: &str, report: &mut Report) -> anyhow::Result<(
         .context("install-units installed no lunchd.service")?;
     report.variant = variant(&unit);
     println!(
-        "e2e: cargo xtask install-units --domain {domain} --no-build: {} ({:.1} s)",
+        "e2e: cargo xtask install-units --domain {domain} --no-build --metrics {METRICS_ADDR} --quic: {} ({:.1} s)",
         detected.trim(),
         t.elapsed().as_secs_f64()
     );
@@ -550,6 +574,68 @@ fn curl(w: &World<'_>, args: &[&str]) -> anyhow::Result<String> {
     w.c.run(&argv)
 }
 
+/// Whether this generation's steps make requests over HTTP/3.
+fn h3_client(w: &World<'_>) -> bool {
+    w.version >= H3_CLIENT_FROM
+}
+
+/// `curl --http3-only` inside, verifying against pebble's root: QUIC to
+/// UDP 443, nothing over TCP. Returns stdout; fails when this curl has no
+/// HTTP/3.
+fn curl_h3(w: &World<'_>, args: &[&str]) -> anyhow::Result<String> {
+    let version = w.c.run(&["curl", "--version"])?;
+    let features = version.lines().find(|l| l.starts_with("Features:")).unwrap_or_default();
+    ensure!(
+        features.split_whitespace().any(|f| f == "HTTP3"),
+        "this container's curl has no HTTP/3: {}",
+        version.lines().next().unwrap_or_default()
+    );
+    let mut argv = vec!["--http3-only"];
+    argv.extend(args);
+    curl(w, &argv)
+}
+
+/// A serial as hex digits without colons or leading zeros, lowercase.
+fn normal_serial(serial: &str) -> String {
+    serial
+        .trim()
+        .replace(':', "")
+        .trim_start_matches('0')
+        .to_ascii_lowercase()
+}
+
+/// The serial of the certificate a fresh QUIC handshake presents (curl
+/// verifies it against pebble's root; `%{certs}` shows the chain, the
+/// leaf first), as far as certbot issued it.
+fn served_serial_h3(w: &World<'_>) -> anyhow::Result<String> {
+    let url = format!("https://{}/healthz", w.domain);
+    let out = curl_h3(
+        w,
+        &[
+            "--fail",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_version}\n%{certs}",
+            &url,
+        ],
+    )?;
+    let (version, certs) = out.split_once('\n').context("no curl write-out")?;
+    ensure!(version == "3", "curl --http3-only spoke HTTP/{version}");
+    let serial = certs
+        .lines()
+        .find_map(|l| l.strip_prefix("Serial Number:"))
+        .with_context(|| format!("curl's %{{certs}} shows no serial:\n{certs}"))?;
+    let serial = normal_serial(serial);
+    Ok(lock(&w.issued)
+        .iter()
+        .find(|l| normal_serial(&l.serial) == serial)
+        .map_or_else(
+            || format!("{serial} (a certificate certbot did not issue)"),
+            |l| l.serial.clone(),
+        ))
+}
+
 pub(super) fn dish_of(json: &str) -> anyhow::Result<String> {
     let value: serde_json::Value = serde_json::from_str(json).with_context(|| format!("not JSON: {json:?}"))?;
     let dish = value["lunch"].as_str().unwrap_or_default().to_owned();
@@ -577,17 +663,19 @@ fn under_load<T>(w: &World<'_>, action: impl FnOnce() -> anyhow::Result<T>) -> a
 
 fn step_sockets(w: &World<'_>) -> anyhow::Result<String> {
     let c = w.c;
-    let enabled = c.output(&["systemctl", "is-enabled", METRICS_SOCKET])?;
-    let enabled = String::from_utf8_lossy(&enabled.stdout).trim().to_owned();
-    ensure!(
-        enabled == "enabled",
-        "install-units --metrics left {METRICS_SOCKET} {enabled}, not enabled"
-    );
+    for (socket, option) in [(METRICS_SOCKET, "--metrics"), (QUIC_SOCKET, "--quic")] {
+        let enabled = c.output(&["systemctl", "is-enabled", socket])?;
+        let enabled = String::from_utf8_lossy(&enabled.stdout).trim().to_owned();
+        ensure!(
+            enabled == "enabled",
+            "install-units {option} left {socket} {enabled}, not enabled"
+        );
+    }
     let mut argv = vec!["systemctl", "enable", "--now"];
     argv.extend(SOCKETS);
-    argv.push(METRICS_SOCKET);
+    argv.extend([METRICS_SOCKET, QUIC_SOCKET]);
     c.run(&argv)?;
-    for socket in SOCKETS.iter().chain([&METRICS_SOCKET]) {
+    for socket in SOCKETS.iter().chain([&METRICS_SOCKET, &QUIC_SOCKET]) {
         ensure!(is_active(c, socket)? == "active", "{socket} is not active");
         let enabled = c.output(&["systemctl", "is-enabled", socket])?;
         let enabled = String::from_utf8_lossy(&enabled.stdout).trim().to_owned();
@@ -610,7 +698,22 @@ fn step_sockets(w: &World<'_>) -> anyhow::Result<String> {
             port.trim()
         );
     }
-    Ok(format!("ports 80 and 443 held by systemd (PID 1); {SERVICE} inactive"))
+    let listen = c.run(&["systemctl", "show", "-P", "Listen", QUIC_SOCKET])?;
+    ensure!(
+        listen.trim().ends_with(":443 (Datagram)"),
+        "{QUIC_SOCKET} listens on {:?}, not UDP port 443",
+        listen.trim()
+    );
+    let udp = c.run(&["ss", "--listening", "--udp", "--numeric", "--processes", "--no-header"])?;
+    let line = udp
+        .lines()
+        .find(|l| l.contains(":443 "))
+        .with_context(|| format!("nothing listens on UDP port 443:\n{udp}"))?;
+    ensure!(line.contains("pid=1,"), "UDP port 443 is not held by PID 1:\n{line}");
+    Ok(format!(
+        "ports 80 and 443 held by systemd (PID 1), and UDP 443 for HTTP/3 ({QUIC_SOCKET}: Listen={}); {SERVICE} inactive",
+        listen.trim()
+    ))
 }
 
 fn step_activation(w: &World<'_>) -> anyhow::Result<String> {
@@ -637,15 +740,43 @@ fn step_activation(w: &World<'_>) -> anyhow::Result<String> {
     let health = conn.get("/healthz")?;
     ensure!(health.status == 200, "/healthz answered {}", health.status);
     let hsts = health.header("strict-transport-security").unwrap_or("none").to_owned();
+    let alt_svc = health.header("alt-svc").unwrap_or("none").to_owned();
+    ensure!(
+        alt_svc == ALT_SVC,
+        "Alt-Svc over TCP with {QUIC_SOCKET} passed: {alt_svc:?}, expected {ALT_SVC:?}"
+    );
     let served = served_serial(w)?;
     let (first, _, _) = latest(w);
     ensure!(
         served == first,
         "serving {served}, expected certbot's first certificate {first}"
     );
+    let pid = main_pid(c)?;
+    let h3 = if h3_client(w) {
+        let out = curl_h3(w, &["--write-out", "\n%{http_version} %{http_code}", &url])?;
+        let (body, meta) = out.rsplit_once('\n').context("no curl write-out")?;
+        ensure!(
+            meta == "3 200",
+            "HTTP/3 request: expected `3 200` (version, status), got `{meta}`"
+        );
+        let dish3 = dish_of(body)?;
+        let serial = served_serial_h3(w)?;
+        ensure!(serial == first, "the QUIC handshake presents {serial}, TCP's {first}");
+        ensure!(main_pid(c)? == pid, "lunchd restarted during the HTTP/3 requests");
+        let curl = w.c.run(&["curl", "--version"])?;
+        let curl = curl.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        lock(&w.report).h3 = Some(format!(
+            "{curl} --http3-only through {QUIC_SOCKET}: the lunch, verified"
+        ));
+        format!("h3 (curl --http3-only): {dish3}, serial {serial} verified against pebble's root; ")
+    } else {
+        lock(&w.report).h3 = Some(format!(
+            "{QUIC_SOCKET} passed, STATUS= and Alt-Svc checked; this curl has no HTTP/3 (requests over it from systemd {H3_CLIENT_FROM})"
+        ));
+        String::new()
+    };
     Ok(format!(
-        "h2: {dish2}; http/1.1: {dish1}; certificate serial {served} verified against pebble's root; HSTS: {hsts}; PID {}",
-        main_pid(c)?
+        "h2: {dish2}; http/1.1: {dish1}; {h3}certificate serial {served} verified against pebble's root; HSTS: {hsts}; Alt-Svc: {alt_svc}; PID {pid}"
     ))
 }
 
@@ -820,6 +951,10 @@ fn step_readiness(w: &World<'_>) -> anyhow::Result<String> {
                 text.contains("https"),
                 "no STATUS= text from lunchd (StatusText={text:?})"
             );
+            ensure!(
+                text.contains("http/3"),
+                "STATUS= does not name HTTP/3 with {QUIC_SOCKET} passed (StatusText={text:?})"
+            );
             let status = c.output(&["systemctl", "status", "--no-pager", SERVICE])?;
             let status = String::from_utf8_lossy(&status.stdout);
             let line = status
@@ -889,10 +1024,21 @@ fn renewal(w: &World<'_>, command: &str, label: &str) -> anyhow::Result<String> 
     );
     *lock(&w.serving) = index;
     let how = delivered_key(w, pid, &key)?;
+    let h3 = if h3_client(w) {
+        let over_h3 = served_serial_h3(w)?;
+        ensure!(
+            over_h3 == serial,
+            "after the reload the QUIC handshake presents {over_h3}, TCP's {serial}"
+        );
+        lock(&w.report).h3_serials += 1;
+        format!("\nthe QUIC handshake (curl --http3-only) presents {over_h3} too")
+    } else {
+        String::new()
+    };
     lock(&w.report).serials.push(format!("{serial} ({label})"));
     Ok(format!(
         "`{command}` ({certbot_secs:.1} s): serial {old_serial} -> {serial}, PID {pid} unchanged, \
-         the earlier keep-alive connection answered {}\n{how}",
+         the earlier keep-alive connection answered {}\n{how}{h3}",
         dish_of(&again.body)?,
     ))
 }
@@ -1041,6 +1187,14 @@ fn step_broken(w: &World<'_>) -> anyhow::Result<String> {
         text.contains("fullchain.pem"),
         "the reason does not name the broken file: {text}"
     );
+    if h3_client(w) {
+        let over_h3 = served_serial_h3(w)?;
+        ensure!(
+            over_h3 == good,
+            "after the failed reload the QUIC handshake presents {over_h3}, not the previous {good}"
+        );
+        lock(&w.report).h3_serials += 1;
+    }
     lock(&w.report)
         .serials
         .push(format!("{serial} (renew, chain cut short: kept)"));
@@ -1303,8 +1457,20 @@ fn step_security(w: &World<'_>) -> anyhow::Result<String> {
         names == ["lo"],
         "lunchd's network namespace has links {names:?}, expected only lo"
     );
+    // The score is of the unit with the quic socket installed: lunchd
+    // holds the UDP socket systemd bound outside its namespace.
+    let udp =
+        w.c.run(&["ss", "--listening", "--udp", "--numeric", "--processes", "--no-header"])?;
+    let held = udp
+        .lines()
+        .find(|l| l.contains(":443 "))
+        .is_some_and(|l| l.contains(&format!("pid={pid},")));
+    ensure!(
+        held,
+        "lunchd (PID {pid}) does not hold {QUIC_SOCKET}'s UDP socket:\n{udp}"
+    );
     Ok(format!(
-        "{}\nrunning: no capabilities, no_new_privs, a seccomp filter, a network namespace with only lo",
+        "{}, with {QUIC_SOCKET} installed and its UDP socket held by lunchd\nrunning: no capabilities, no_new_privs, a seccomp filter, a network namespace with only lo",
         line.trim()
     ))
 }
