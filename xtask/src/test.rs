@@ -36,7 +36,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     println!("test: cargo test --workspace --locked");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = Command::new(&cargo)
         .args(["test", "--workspace", "--locked"])
         .args(&args.cargo_args)
         .current_dir(crate::project_root())
@@ -57,8 +57,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let t = Instant::now();
         println!("test: cargo xtask e2e");
-        let exe = std::env::current_exe().context("finding the xtask binary")?;
-        let status = Command::new(exe).arg("e2e").status().context("running the e2e")?;
+        // Through cargo, not this process's own executable: `cargo test`
+        // has just rebuilt the xtask binary, so the file this process runs
+        // from is gone.
+        let status = Command::new(&cargo)
+            .args(["run", "--quiet", "--locked", "--package", "xtask", "--", "e2e"])
+            .current_dir(crate::project_root())
+            .status()
+            .context("running cargo xtask e2e")?;
         if !status.success() {
             bail!("cargo xtask e2e failed ({status})");
         }
