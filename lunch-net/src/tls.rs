@@ -483,8 +483,9 @@ pub(crate) fn name_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// Seconds since the epoch, negative before it; whole seconds, rounded down.
-fn unix_seconds(time: SystemTime) -> i64 {
+/// Seconds since the epoch, negative before it; whole seconds, rounded down,
+/// as certificate validity is checked and shown.
+pub fn unix_seconds(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
         Err(before) => {

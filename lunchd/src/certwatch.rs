@@ -11,7 +11,7 @@
 //! lunchd checks at start, at every reload and every hour ([`run`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lunch_net::tls::{CertificateInfo, CertificateStore};
 
@@ -196,16 +196,10 @@ fn log(info: &CertificateInfo, check: &Check) {
     }
 }
 
-/// `time` in whole seconds since the epoch, rounded down.
+/// `time` in whole seconds since the epoch, rounded down, as lunch-net
+/// checks certificate validity.
 pub fn unix(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-        Err(before) => {
-            let before = before.duration();
-            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-            if before.subsec_nanos() > 0 { -secs - 1 } else { -secs }
-        }
-    }
+    lunch_net::tls::unix_seconds(time)
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch.
@@ -243,6 +237,8 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn check(remaining_hours: i64, lifetime_hours: i64, expected: Urgency) {
