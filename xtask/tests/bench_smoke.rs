@@ -13,23 +13,30 @@ use std::process::Command;
 
 use lunch_testkit::{BENCH_TOOLS, Checked, require_tool};
 
-#[test]
-fn quick_bench_measures_every_test_and_writes_results() {
+/// Runs `cargo xtask bench ARGS --lunchd <debug lunchd> --out DIR` and
+/// returns DIR with its parsed results.json.
+fn bench(args: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
     for (tool, package) in BENCH_TOOLS {
         require_tool(tool, package);
     }
     let lunchd = support::lunchd();
     let out = tempfile::tempdir().unwrap();
     Command::new(support::XTASK)
-        .args(["bench", "--quick", "--lunchd"])
+        .arg("bench")
+        .args(args)
+        .arg("--lunchd")
         .arg(&lunchd)
         .arg("--out")
         .arg(out.path())
         .read_checked()
         .unwrap_or_else(|e| panic!("{e}"));
+    let json = serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    (out, json)
+}
 
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+#[test]
+fn quick_bench_measures_every_test_and_writes_results() {
+    let (out, json) = bench(&["--quick"]);
     let runs = json["runs"].as_array().unwrap();
     let tests: Vec<&str> = runs.iter().map(|r| r["test"].as_str().unwrap()).collect();
     assert_eq!(tests, ["h1", "h2", "handshake", "redirect"]);
@@ -66,31 +73,7 @@ fn quick_bench_measures_every_test_and_writes_results() {
 /// same run, and reports what it costs; the feature is really on.
 #[test]
 fn quick_bench_compares_lunchd_with_its_features_on() {
-    for (tool, package) in BENCH_TOOLS {
-        require_tool(tool, package);
-    }
-    let lunchd = support::lunchd();
-    let out = tempfile::tempdir().unwrap();
-    Command::new(support::XTASK)
-        .args([
-            "bench",
-            "--quick",
-            "--only",
-            "h1",
-            "--with",
-            "metrics",
-            "--with",
-            "access-log",
-        ])
-        .arg("--lunchd")
-        .arg(&lunchd)
-        .arg("--out")
-        .arg(out.path())
-        .read_checked()
-        .unwrap_or_else(|e| panic!("{e}"));
-
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    let (out, json) = bench(&["--quick", "--only", "h1", "--with", "metrics", "--with", "access-log"]);
     let runs = json["runs"].as_array().unwrap();
     let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
     assert_eq!(servers, ["lunchd", "lunchd+metrics", "lunchd+access-log"]);
