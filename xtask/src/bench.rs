@@ -286,7 +286,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..if args.quick { 5 } else { 20 } {
         report.reload_ms.push(reload(&lunchd, &notify)?);
     }
-    report.reloads_under_load = Some(reloads_under_load(&lunchd, &notify, reloads, duration.max(2.0))?);
+    // At least 100 ms of load per reload: a reload takes milliseconds,
+    // tens on a busy machine.
+    let seconds = duration.max(reloads as f64 / 10.0);
+    report.reloads_under_load = Some(reloads_under_load(&lunchd, &notify, reloads, seconds)?);
     drop(lunchd);
 
     // More starts, for a steadier start-to-ready figure.
@@ -446,10 +449,15 @@ fn reloads_under_load(
     thread::sleep(Duration::from_secs_f64(seconds / 10.0));
     let step = Duration::from_secs_f64(seconds * 0.8 / reloads as f64);
     let mut reload_ms = Vec::with_capacity(reloads);
-    for _ in 0..reloads {
+    for done in 0..reloads {
         let began = Instant::now();
         reload_ms.push(reload(lunchd, notify)?);
-        anyhow::ensure!(!load.is_finished(), "the load ended before the reloads did");
+        anyhow::ensure!(
+            !load.is_finished(),
+            "the {seconds} s load ended after {} of {reloads} reloads (median {:.1} ms): the machine is too busy",
+            done + 1,
+            median(&reload_ms)
+        );
         thread::sleep(step.saturating_sub(began.elapsed()));
     }
     let outcome = load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
