@@ -286,9 +286,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..if args.quick { 5 } else { 20 } {
         report.reload_ms.push(reload(&lunchd, &notify)?);
     }
-    // At least 100 ms of load per reload: a reload takes milliseconds,
-    // tens on a busy machine.
-    let seconds = duration.max(reloads as f64 / 10.0);
+    // One reload every 100 ms, in a load half as long again: a reload
+    // takes milliseconds, tens on a busy machine.
+    let seconds = duration.max(reloads as f64 * 0.15 + 1.0);
     report.reloads_under_load = Some(reloads_under_load(&lunchd, &notify, reloads, seconds)?);
     drop(lunchd);
 
@@ -445,9 +445,10 @@ fn reloads_under_load(
     eprintln!("bench: lunchd: {reloads} reloads during {seconds} s of keep-alive load");
     let scratch = PathBuf::new();
     let load = thread::spawn(move || load::run(Test::H1, &url, seconds, &scratch));
-    // Leave the first and last tenth of the run without reloads.
+    // Leave the first tenth of the run without reloads, and at least the
+    // last quarter.
     thread::sleep(Duration::from_secs_f64(seconds / 10.0));
-    let step = Duration::from_secs_f64(seconds * 0.8 / reloads as f64);
+    let step = Duration::from_secs_f64(seconds * 0.65 / reloads as f64);
     let mut reload_ms = Vec::with_capacity(reloads);
     for done in 0..reloads {
         let began = Instant::now();
