@@ -190,13 +190,22 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         config.limits.clone(),
     )
     .context("starting the https server")?
-    .with_workers(workers.clone());
+    .with_workers(workers.clone())
+    .with_proxy(config.proxy_from.clone());
     let tls_server = observe::server(tls_server, "https", metrics.as_deref(), access.is_some());
     let mut probes: Vec<Probe> = workers.probes();
     probes.push(tls_server.probe());
     let how = if activated { "socket from systemd" } else { "bound" };
     let mut listeners = format!("https on {https_local}");
     tracing::info!("serving https://{}/ ({how})", url_host(&https_local, &store));
+
+    if !config.proxy_from.is_empty() {
+        tracing::info!(
+            "behind load balancers: https and http connections must come from {} ([proxy] from) and start \
+             with a PROXY v2 header",
+            config.proxy_from
+        );
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tls_server.run(stopped(stop_rx.clone())));
@@ -237,7 +246,8 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
                 config.limits.clone(),
             )
             .context("starting the http server")?
-            .with_workers(workers.clone());
+            .with_workers(workers.clone())
+            .with_proxy(config.proxy_from.clone());
             let server = observe::server(server, "http", metrics.as_deref(), access.is_some());
             probes.push(server.probe());
             listeners.push_str(&format!(", http redirect on {local}"));
@@ -364,7 +374,7 @@ impl Daemon {
                     config.https_port.unwrap_or(self.https_port),
                 )));
                 tracing::info!(
-                    "reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart"
+                    "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits] and [proxy] take effect on restart"
                 );
                 self.status.reloaded(Reload::Ok {
                     at: certwatch::unix_now(),

@@ -381,6 +381,20 @@ where
     }
 }
 
+/// The lines of the file at `path` once there are `count`, or what there
+/// is after 10 s.
+pub fn lines(path: &Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The value of `key` in a notification message, if it is there.
 pub fn notify_field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
     message
