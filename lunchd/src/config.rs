@@ -236,6 +236,7 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Proxy {
         pub from: Option<Spanned<Vec<Spanned<String>>>>,
+        pub drain_delay: Option<Spanned<u64>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -386,6 +387,9 @@ pub struct Config {
     /// The load balancers whose connections start with a PROXY v2 header
     /// (`[proxy] from`); empty when `[proxy]` is absent.
     pub proxy_from: Trusted,
+    /// How long `/healthz` fails at stop before the servers stop accepting
+    /// (`[proxy] drain_delay`); zero when `[proxy]` is absent.
+    pub drain_delay: Duration,
 }
 
 impl Default for Config {
@@ -729,9 +733,9 @@ impl Config {
                 );
             }
         }
-        let proxy_from = raw
-            .proxy
-            .map_or_else(Trusted::default, |proxy| proxy_from(proxy, report));
+        let (proxy_from, drain_delay) = raw.proxy.map_or((Trusted::default(), Duration::ZERO), |proxy| {
+            proxy_config(proxy, report)
+        });
         let log_level = match raw.log.level {
             None => "info".to_owned(),
             Some(level) => {
@@ -768,15 +772,47 @@ impl Config {
             access_log: raw.log.access.unwrap_or(false),
             access_query: raw.log.access_query.unwrap_or(false),
             proxy_from,
+            drain_delay,
         }
     }
 }
 
-/// The networks of `[proxy] from`, each entry checked on its own so that
-/// every bad one is reported at its place.
-fn proxy_from(proxy: Spanned<raw::Proxy>, report: &mut dyn FnMut(&str, Range<usize>, String)) -> Trusted {
+/// The default of `[proxy] drain_delay`, in seconds: what HAProxy's
+/// checks in docs/scale-out.md need to take a node out (`inter 500ms
+/// fall 2`: two failed checks, at most a second), with a second to spare.
+pub const DRAIN_DELAY_DEFAULT: u64 = 2;
+/// The largest `[proxy] drain_delay`, in seconds.
+pub const DRAIN_DELAY_MAX: u64 = 60;
+
+/// `[proxy]`: the networks of `from`, each entry checked on its own so
+/// that every bad one is reported at its place, and the drain delay.
+fn proxy_config(proxy: Spanned<raw::Proxy>, report: &mut dyn FnMut(&str, Range<usize>, String)) -> (Trusted, Duration) {
     let table = proxy.span();
-    let Some(from) = proxy.into_inner().from else {
+    let proxy = proxy.into_inner();
+    let drain_delay = match proxy.drain_delay {
+        None => DRAIN_DELAY_DEFAULT,
+        Some(delay) if *delay.get_ref() <= DRAIN_DELAY_MAX => *delay.get_ref(),
+        Some(delay) => {
+            report(
+                "proxy.drain_delay",
+                delay.span(),
+                format!(
+                    "{} is out of range; use 0 to {DRAIN_DELAY_MAX} seconds",
+                    delay.get_ref()
+                ),
+            );
+            DRAIN_DELAY_DEFAULT
+        }
+    };
+    (proxy_from(proxy.from, table, report), Duration::from_secs(drain_delay))
+}
+
+fn proxy_from(
+    from: Option<Spanned<Vec<Spanned<String>>>>,
+    table: Range<usize>,
+    report: &mut dyn FnMut(&str, Range<usize>, String),
+) -> Trusted {
+    let Some(from) = from else {
         report(
             "proxy.from",
             table,
@@ -1040,6 +1076,10 @@ mod tests {
                 ],
             ),
             (
+                "[proxy]\nfrom = [\"10.77.0.1\"]\ndrain_delay = 61\n",
+                &["/etc/lunchd/lunchd.toml:3:15: `proxy.drain_delay`: 61 is out of range; use 0 to 60 seconds"],
+            ),
+            (
                 "[proxy]\nfrom = []\n",
                 &[
                     "/etc/lunchd/lunchd.toml:2:8: `proxy.from`: an empty list trusts no load balancer and would refuse every connection; list the balancers' addresses, or remove [proxy] when clients connect directly",
@@ -1068,6 +1108,14 @@ mod tests {
         assert_eq!(config.proxy_from.to_string(), "10.77.0.1/32, fd00::/64");
         assert!(config.proxy_from.contains("fd00::5".parse().unwrap()));
         assert!(!config.proxy_from.contains("10.77.0.2".parse().unwrap()));
+        assert_eq!(config.drain_delay, Duration::from_secs(DRAIN_DELAY_DEFAULT));
+        assert_eq!(parse("", Path::new("x.toml")).unwrap().drain_delay, Duration::ZERO);
+        let config = parse(
+            "[proxy]\nfrom = [\"10.77.0.1\"]\ndrain_delay = 0\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.drain_delay, Duration::ZERO);
     }
 
     #[test]
@@ -1104,7 +1152,12 @@ mod tests {
             .split_once("expected one of ")
             .or_else(|| message.split_once("expected "))
             .map_or(message.as_str(), |(_, rest)| rest);
-        expected.split(", ").map(|k| k.trim_matches('`').to_owned()).collect()
+        // serde says "`a` or `b`" of two keys, "one of `a`, `b`, `c`" of more.
+        expected
+            .split(", ")
+            .flat_map(|k| k.split(" or "))
+            .map(|k| k.trim_matches('`').to_owned())
+            .collect()
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tower::util::MapResponse;
 
 use crate::access::AccessLog;
-use crate::app::{self, Lunch, SharedLunch};
+use crate::app::{self, Health, Lunch, SharedLunch};
 use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
 use crate::metrics::{self, Metrics};
@@ -166,7 +166,8 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     });
     let counted = |name| metrics.as_ref().and_then(|m| m.server(name));
 
-    let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
+    let health = Health::default();
+    let app = app::app(Arc::clone(&lunch), config.hsts_max_age, health.clone());
     let quic_local = quic
         .as_ref()
         .map(UdpSocket::local_addr)
@@ -302,14 +303,29 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("stopping: finishing in-flight requests");
     // The drain stops the accept loops; the service manager stops watching
     // once it sees STOPPING=1.
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
     certificate_watch.abort();
-    notify::stopping(config.limits.drain_timeout);
+    health.stopping();
+    notify::stopping(config.drain_delay + config.limits.drain_timeout);
+    if !config.drain_delay.is_zero() {
+        // Behind a balancer: its health check sees the 503 and takes this
+        // node out while it still serves, so no new connection meets a
+        // closed listener. A second signal cuts the wait short.
+        tracing::info!(
+            "stopping: /healthz fails for {:?} ([proxy] drain_delay) before the servers stop accepting",
+            config.drain_delay
+        );
+        tokio::select! {
+            () = tokio::time::sleep(config.drain_delay) => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    }
+    tracing::info!("stopping: finishing in-flight requests");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     if let Some(access) = &daemon.access {

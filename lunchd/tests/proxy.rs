@@ -9,7 +9,7 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{Lunchd, Start, TestCa, TlsConnection, connect_from, write_leaf};
+use support::{Lunchd, NotifySocket, Start, TestCa, TlsConnection, connect_from, notify_field, write_leaf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,8 +38,9 @@ fn local_v2() -> Vec<u8> {
 }
 
 /// lunchd serving lunch.test behind the balancer, with the access log,
-/// metrics and `extra` configuration; the CA of its certificate.
-fn start(dir: &Path, limits: &str, proxy: &str) -> (Lunchd, TestCa) {
+/// metrics, `limits` and more of `proxy`, and `env`; the CA of its
+/// certificate.
+fn start(dir: &Path, limits: &str, proxy: &str, env: &[(&str, String)]) -> (Lunchd, TestCa) {
     let ca = TestCa::new();
     let (key, chain) = write_leaf(dir, &ca.issue(&["lunch.test"], 7));
     let config = dir.join("lunchd.toml");
@@ -55,6 +56,9 @@ fn start(dir: &Path, limits: &str, proxy: &str) -> (Lunchd, TestCa) {
     start
         .env
         .push(("LOGS_DIRECTORY".to_owned(), logs.display().to_string()));
+    start
+        .env
+        .extend(env.iter().map(|(key, value)| ((*key).to_owned(), value.clone())));
     (Lunchd::start(start), ca)
 }
 
@@ -64,6 +68,15 @@ async fn through_balancer(lunchd: &Lunchd, ca: &TestCa, client: &str) -> TlsConn
     let destination = format!("127.0.0.1:{}", lunchd.port("https"));
     tcp.write_all(&proxy_v2(client, &destination)).await.unwrap();
     TlsConnection::connect_on(tcp, "lunch.test", ca.client_config(&[b"http/1.1"])).await
+}
+
+/// The status of `/healthz` on a new connection with a LOCAL header, as
+/// HAProxy's `check-ssl check-send-proxy` asks it.
+async fn health_check(lunchd: &Lunchd, ca: &TestCa) -> u16 {
+    let mut tcp = connect_from(BALANCER, lunchd.port("https")).await.unwrap();
+    tcp.write_all(&local_v2()).await.unwrap();
+    let mut check = TlsConnection::connect_on(tcp, "lunch.test", ca.client_config(&[b"http/1.1"])).await;
+    check.get("lunch.test", "/healthz").await.status
 }
 
 /// Whether lunchd closed `tcp` after `bytes` without answering a byte.
@@ -93,7 +106,7 @@ fn value(exposition: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_is_the_one_the_header_names_and_others_are_refused_before_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (lunchd, ca) = start(dir.path(), "max_connections_per_client = 1", "");
+    let (lunchd, ca) = start(dir.path(), "max_connections_per_client = 1", "", &[]);
     let https = lunchd.port("https");
     let hello = support::client_hello(ca.client_config(&[b"http/1.1"]));
 
@@ -112,10 +125,7 @@ async fn the_client_is_the_one_the_header_names_and_others_are_refused_before_tl
     let mut other = through_balancer(&lunchd, &ca, "203.0.113.8:40003").await;
     assert_eq!(other.get("lunch.test", "/api/today").await.status, 200);
     // The balancer's health check (LOCAL) is served as the balancer's own.
-    let mut check = connect_from(BALANCER, https).await.unwrap();
-    check.write_all(&local_v2()).await.unwrap();
-    let mut check = TlsConnection::connect_on(check, "lunch.test", ca.client_config(&[b"http/1.1"])).await;
-    assert_eq!(check.get("lunch.test", "/healthz").await.status, 200);
+    assert_eq!(health_check(&lunchd, &ca).await, 200);
 
     // A PROXY header from an address outside [proxy] from is refused, and
     // so is a connection from the balancer without one.
@@ -171,4 +181,41 @@ async fn the_client_is_the_one_the_header_names_and_others_are_refused_before_tl
     );
     assert!(!log.contains("panicked"), "{log}");
     drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_stop_the_health_check_fails_first_while_the_node_still_serves() {
+    const WAIT: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::new(dir.path());
+    let env = [("NOTIFY_SOCKET", notify.path.display().to_string())];
+    // Longer than the test waits for the exit: only a second signal ends it.
+    let (mut lunchd, ca) = start(dir.path(), "drain_timeout = 10", "drain_delay = 60", &env);
+    assert_eq!(health_check(&lunchd, &ca).await, 200);
+    notify.wait_for("READY=1", WAIT);
+    let mut open = through_balancer(&lunchd, &ca, "203.0.113.7:40001").await;
+    assert_eq!(open.get("lunch.test", "/api/today").await.status, 200);
+
+    lunchd.signal(libc::SIGTERM);
+    let messages = notify.wait_for("STOPPING=1", WAIT);
+    let stopping = messages.last().unwrap();
+    // systemd waits for the delay and the drain.
+    let extend: u64 = notify_field(stopping, "EXTEND_TIMEOUT_USEC").unwrap().parse().unwrap();
+    assert!(extend >= (60 + 10) * 1_000_000, "{stopping}");
+    // The balancer's check fails from now on...
+    assert_eq!(health_check(&lunchd, &ca).await, 503);
+    // ...while new connections are still accepted and served, and open
+    // ones too.
+    let mut late = through_balancer(&lunchd, &ca, "203.0.113.8:40002").await;
+    assert_eq!(late.get("lunch.test", "/api/today").await.status, 200);
+    assert_eq!(open.get("lunch.test", "/api/today").await.status, 200);
+    assert!(lunchd.child.try_wait().unwrap().is_none(), "{}", lunchd.log());
+
+    // A second SIGTERM cuts the delay short: the drain, and exit 0.
+    lunchd.signal(libc::SIGTERM);
+    assert_eq!(lunchd.wait_exit(Duration::from_secs(30)), Some(0), "{}", lunchd.log());
+    let log = lunchd.log();
+    let delay = log.find("/healthz fails for 60s").expect(&log);
+    let drain = log.find("finishing in-flight requests").expect(&log);
+    assert!(delay < drain, "{log}");
 }
