@@ -35,9 +35,9 @@ pub struct Lunch {
 /// Shared, reloadable application state.
 pub type SharedLunch = Arc<ArcSwap<Lunch>>;
 
-/// What `/healthz` says: `ok` until the process starts to stop, then 503,
-/// so that a load balancer's health check takes the node out of rotation
-/// while it still serves (docs/scale-out.md).
+/// What `/healthz` says: `ok`, or 503 once the process, behind a load
+/// balancer, starts to stop, so that the balancer's health check takes the
+/// node out of rotation while it still serves (docs/scale-out.md).
 #[derive(Debug, Clone, Default)]
 pub struct Health(Arc<AtomicBool>);
 

@@ -309,8 +309,12 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         watchdog.abort();
     }
     certificate_watch.abort();
-    health.stopping();
     notify::stopping(config.drain_delay + config.limits.drain_timeout);
+    if !config.proxy_from.is_empty() {
+        // Only behind a balancer: a client asking /healthz on a
+        // connection that is being drained gets its usual answer.
+        health.stopping();
+    }
     if !config.drain_delay.is_zero() {
         // Behind a balancer: its health check sees the 503 and takes this
         // node out while it still serves, so no new connection meets a
