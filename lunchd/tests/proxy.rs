@@ -5,36 +5,21 @@
 
 mod support;
 
-use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{Lunchd, NotifySocket, Start, TestCa, TlsConnection, connect_from, notify_field, write_leaf};
+use support::{
+    Lunchd, NotifySocket, Start, TestCa, TlsConnection, connect_from, notify_field, proxy_v2, proxy_v2_local,
+    write_leaf,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The load balancer's address.
 const BALANCER: [u8; 4] = [127, 0, 0, 2];
 
-/// A PROXY v2 header for a TCP connection from `source` to `destination`
-/// (RFC-less but fixed: haproxy's proxy-protocol.txt, section 2.2).
-fn proxy_v2(source: &str, destination: &str) -> Vec<u8> {
-    let (source, destination): (SocketAddrV4, SocketAddrV4) = (source.parse().unwrap(), destination.parse().unwrap());
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    // Version 2, PROXY; TCP over IPv4; 12 bytes of addresses.
-    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
-    header.extend_from_slice(&source.ip().octets());
-    header.extend_from_slice(&destination.ip().octets());
-    header.extend_from_slice(&source.port().to_be_bytes());
-    header.extend_from_slice(&destination.port().to_be_bytes());
-    header
-}
-
-/// The header of a balancer's own connection (a health check).
-fn local_v2() -> Vec<u8> {
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    header.extend_from_slice(&[0x20, 0x00, 0, 0]);
-    header
+fn header(source: &str, destination: &str) -> Vec<u8> {
+    proxy_v2(source.parse().unwrap(), destination.parse().unwrap())
 }
 
 /// lunchd serving lunch.test behind the balancer, with the access log,
@@ -66,7 +51,7 @@ fn start(dir: &Path, limits: &str, proxy: &str, env: &[(&str, String)]) -> (Lunc
 async fn through_balancer(lunchd: &Lunchd, ca: &TestCa, client: &str) -> TlsConnection {
     let mut tcp = connect_from(BALANCER, lunchd.port("https")).await.unwrap();
     let destination = format!("127.0.0.1:{}", lunchd.port("https"));
-    tcp.write_all(&proxy_v2(client, &destination)).await.unwrap();
+    tcp.write_all(&header(client, &destination)).await.unwrap();
     TlsConnection::connect_on(tcp, "lunch.test", ca.client_config(&[b"http/1.1"])).await
 }
 
@@ -74,7 +59,7 @@ async fn through_balancer(lunchd: &Lunchd, ca: &TestCa, client: &str) -> TlsConn
 /// HAProxy's `check-ssl check-send-proxy` asks it.
 async fn health_check(lunchd: &Lunchd, ca: &TestCa) -> u16 {
     let mut tcp = connect_from(BALANCER, lunchd.port("https")).await.unwrap();
-    tcp.write_all(&local_v2()).await.unwrap();
+    tcp.write_all(&proxy_v2_local()).await.unwrap();
     let mut check = TlsConnection::connect_on(tcp, "lunch.test", ca.client_config(&[b"http/1.1"])).await;
     check.get("lunch.test", "/healthz").await.status
 }
@@ -116,7 +101,7 @@ async fn the_client_is_the_one_the_header_names_and_others_are_refused_before_tl
     // Its second one is over its limit of one, and closed before TLS...
     let mut again = connect_from(BALANCER, https).await.unwrap();
     again
-        .write_all(&proxy_v2("203.0.113.7:40002", "127.0.0.1:443"))
+        .write_all(&header("203.0.113.7:40002", "127.0.0.1:443"))
         .await
         .unwrap();
     assert!(closed_unanswered(again, &hello).await, "{}", lunchd.log());
@@ -130,7 +115,7 @@ async fn the_client_is_the_one_the_header_names_and_others_are_refused_before_tl
     // A PROXY header from an address outside [proxy] from is refused, and
     // so is a connection from the balancer without one.
     let outsider = connect_from([127, 0, 0, 5], https).await.unwrap();
-    let mut forged = proxy_v2("203.0.113.66:40004", "127.0.0.1:443");
+    let mut forged = header("203.0.113.66:40004", "127.0.0.1:443");
     forged.extend_from_slice(&hello);
     assert!(closed_unanswered(outsider, &forged).await);
     let bare = connect_from(BALANCER, https).await.unwrap();
@@ -138,7 +123,7 @@ async fn the_client_is_the_one_the_header_names_and_others_are_refused_before_tl
 
     // The redirect server reads the header too.
     let mut plain = connect_from(BALANCER, lunchd.port("http")).await.unwrap();
-    let mut request = proxy_v2("203.0.113.9:40005", "127.0.0.1:80");
+    let mut request = header("203.0.113.9:40005", "127.0.0.1:80");
     request.extend_from_slice(b"GET /menu HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n");
     plain.write_all(&request).await.unwrap();
     let mut response = String::new();

@@ -18,7 +18,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use lunch_testkit::{Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, require_tool};
+pub use lunch_testkit::{
+    Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, proxy_v2, proxy_v2_local, require_tool,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream as AsyncTcpStream;
 
