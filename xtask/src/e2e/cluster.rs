@@ -536,13 +536,12 @@ fn cluster(args: &super::Args, staging: &Path, tally: &mut Tally) -> anyhow::Res
                     // one is back in the rotation.
                     let back = wait_up(&node.name)?;
                     // Its /healthz failed while it stopped ([proxy]
-                    // drain_delay), and HAProxy took it out.
+                    // drain_delay), so HAProxy took it out. Reported, not
+                    // required: a restart loses nothing either way (the
+                    // sockets stay with systemd), and on a machine too busy
+                    // for HAProxy's checks to keep time the 2 s can pass
+                    // first. The maintenance stop below requires it.
                     let out = server_downs(&node.name)? - downs;
-                    ensure!(
-                        out >= 1,
-                        "HAProxy did not take {} out while it stopped: its /healthz never failed long enough",
-                        node.name
-                    );
                     pids.push(format!(
                         "{} {old}->{new} (out of HAProxy's rotation {out}x, back UP {back:.1} s after restart returned)",
                         node.name
