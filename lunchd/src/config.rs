@@ -779,8 +779,10 @@ impl Config {
 
 /// The default of `[proxy] drain_delay`, in seconds: what HAProxy's
 /// checks in docs/scale-out.md need to take a node out (`inter 500ms
-/// fall 2`: two failed checks, at most a second), with a second to spare.
-pub const DRAIN_DELAY_DEFAULT: u64 = 2;
+/// fall 2`: two failed checks, a second and a check's time), three times
+/// over: with 2 s a restarted node sometimes stayed in the rotation in
+/// the cluster run on a busy machine, whose checks fell behind.
+pub const DRAIN_DELAY_DEFAULT: u64 = 3;
 /// The largest `[proxy] drain_delay`, in seconds.
 pub const DRAIN_DELAY_MAX: u64 = 60;
 

@@ -539,7 +539,7 @@ fn cluster(args: &super::Args, staging: &Path, tally: &mut Tally) -> anyhow::Res
                     // drain_delay), so HAProxy took it out. Reported, not
                     // required: a restart loses nothing either way (the
                     // sockets stay with systemd), and on a machine too busy
-                    // for HAProxy's checks to keep time the 2 s can pass
+                    // for HAProxy's checks to keep time the delay can pass
                     // first. The maintenance stop below requires it.
                     let out = server_downs(&node.name)? - downs;
                     pids.push(format!(
@@ -641,12 +641,7 @@ fn cluster(args: &super::Args, staging: &Path, tally: &mut Tally) -> anyhow::Res
             // Each node's log names the client it refused.
             let mut named = Vec::new();
             for node in &nodes {
-                let journal = node
-                    .c()?
-                    .run(&["journalctl", "-u", SERVICE, "-o", "cat", "--no-pager"])?;
-                let line = journal
-                    .lines()
-                    .rfind(|l| l.contains("the per-client connection limit"))
+                let line = logged(node.c()?, "the per-client connection limit")
                     .with_context(|| format!("{} logged no per-client refusal", node.name))?;
                 ensure!(line.contains(&format!("latest={CLIENT} ")), "{}: {line}", node.name);
                 named.push(node.name.as_str());
@@ -724,18 +719,12 @@ fn cluster(args: &super::Args, staging: &Path, tally: &mut Tally) -> anyhow::Res
                 "{CLIENT} reached {} with a forged PROXY header",
                 node.name
             );
-            let journal = node
-                .c()?
-                .run(&["journalctl", "-u", SERVICE, "-o", "cat", "--no-pager"])?;
-            let line = journal
-                .lines()
-                .rfind(|l| l.contains("did not come from a trusted balancer"))
-                .context("no refusal logged")?;
+            let line = logged(node.c()?, "did not come from a trusted balancer").context("no refusal logged")?;
             ensure!(line.contains(&CLIENT.to_string()), "{line}");
             Ok(format!(
                 "{CLIENT} to {}:443 directly: closed, twice; logged: {}",
                 node.addr,
-                line.split("latest=").nth(1).unwrap_or(line)
+                line.split("latest=").nth(1).unwrap_or(&line)
             ))
         },
     );
@@ -893,6 +882,15 @@ fn served(tls: &Tls, addr: Ipv4Addr) -> anyhow::Result<Vec<u8>> {
     TlsConnection::open(tls, connect_as_balancer(addr, 443)?)?
         .peer_certificate()
         .context("no peer certificate")
+}
+
+/// The last line of lunchd's journal on `c` that contains `needle`,
+/// waiting up to 10 s for journald to have it.
+fn logged(c: &Container, needle: &str) -> anyhow::Result<String> {
+    steps::wait_for(&format!("lunchd to log {needle:?}"), Duration::from_secs(10), || {
+        let journal = c.run(&["journalctl", "-u", SERVICE, "-o", "cat", "--no-pager"])?;
+        Ok(journal.lines().rfind(|l| l.contains(needle)).map(str::to_owned))
+    })
 }
 
 /// Fails unless every request of `load` was answered (and some were).
