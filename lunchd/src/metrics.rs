@@ -219,7 +219,7 @@ pub const FAMILIES: &[Family] = &[
         name: "lunchd_connections_refused_total",
         kind: "counter",
         labels: "server, reason",
-        help: "Connections closed at once after accept, by reason: per_client (the client already held [limits] max_connections_per_client).",
+        help: "Connections closed before TLS or HTTP, by reason: per_client (the client already held [limits] max_connections_per_client), or proxy (with [proxy] set: from outside [proxy] from, or without a valid PROXY v2 header within [limits] handshake_timeout).",
     },
     Family {
         name: "lunchd_tls_handshakes_total",
@@ -385,8 +385,13 @@ impl Metrics {
                         "lunchd_connections_open" => stats.active.load(Ordering::Relaxed) as u64,
                         "lunchd_connection_limit_reached_total" => stats.limit_reached.load(Ordering::Relaxed),
                         _ => {
-                            let value = stats.refused_per_client.load(Ordering::Relaxed);
-                            sample(out, name, &format!("server=\"{server}\",reason=\"per_client\""), value);
+                            for (reason, counter) in [
+                                ("per_client", &stats.refused_per_client),
+                                ("proxy", &stats.refused_proxy),
+                            ] {
+                                let labels = format!("server=\"{server}\",reason=\"{reason}\"");
+                                sample(out, name, &labels, counter.load(Ordering::Relaxed));
+                            }
                             continue;
                         }
                     };

@@ -18,7 +18,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use lunch_testkit::{Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, require_tool};
+pub use lunch_testkit::{
+    Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, proxy_v2, proxy_v2_local, require_tool,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream as AsyncTcpStream;
 
@@ -378,6 +380,20 @@ where
         }
         assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lines of the file at `path` once there are `count`, or what there
+/// is after 10 s.
+pub fn lines(path: &Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
