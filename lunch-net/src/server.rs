@@ -199,6 +199,11 @@ impl<S: Handler> Server<S> {
                 accepted = listener.accept(), if permit.is_some() => match accepted {
                     Ok((stream, peer)) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        // A dual-stack socket (systemd's `ListenStream=443`)
+                        // sees IPv4 clients as `::ffff:a.b.c.d`: they are
+                        // named, limited and logged as the IPv4 addresses
+                        // they are.
+                        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                         // Before any TLS work, and without taking the
                         // connection slot: a refusal costs a lookup and a
                         // close (counted and reported by the gate).
@@ -582,6 +587,38 @@ mod tests {
         assert!(connector.connect(name, tcp).await.is_err());
         assert_eq!(count(&stats.plaintext_on_tls) + count(&stats.handshake_failures), 1);
         assert_eq!(count(&stats.refused_proxy), 0);
+        stop.send(()).unwrap();
+        running.await.unwrap();
+    }
+
+    /// On a dual-stack socket an IPv4 client is `::ffff:a.b.c.d` to the
+    /// kernel; the handler sees its IPv4 address.
+    #[tokio::test]
+    async fn ipv4_clients_of_a_dual_stack_socket_are_named_by_their_ipv4_address() {
+        let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let echo = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+            let peer = request
+                .extensions()
+                .get::<crate::ConnectionInfo>()
+                .map(|info| info.peer);
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                hyper::body::Bytes::from(format!("{peer:?}")),
+            )))
+        });
+        let server = Server::plain(listener, echo, Limits::default())
+            .unwrap()
+            .with_connection_info();
+        let port = server.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let local = client.local_addr().unwrap();
+        let response = timeout(Duration::from_secs(10), get(&mut client)).await.unwrap();
+        assert!(response.ends_with(&format!("Some({local})")), "{response}");
+        assert!(local.is_ipv4());
         stop.send(()).unwrap();
         running.await.unwrap();
     }
