@@ -420,7 +420,7 @@ mod tests {
 
     /// Reads from `client` until it has `n` whole responses (redirects:
     /// a head and no body); returns them.
-    async fn read_responses(client: &mut TcpStream, n: usize) -> String {
+    async fn read_responses<C: AsyncRead + Unpin>(client: &mut C, n: usize) -> String {
         let mut read = Vec::new();
         let mut buf = [0u8; 4096];
         while String::from_utf8_lossy(&read).matches("\r\n\r\n").count() < n {
@@ -431,22 +431,48 @@ mod tests {
         String::from_utf8(read).unwrap()
     }
 
-    /// Waits until `heads` says the connection was parked `n` times.
+    /// Waits until `heads` says the connection was parked `n` times;
+    /// fails if that does not happen within many ticks.
     async fn parked(heads: &Heads, n: u64) {
-        while heads.parks() < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let wait = async {
+            while heads.parks() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let waited = timeout(Duration::from_secs(20), wait).await;
+        assert!(waited.is_ok(), "parked {} times, not {n}", heads.parks());
     }
 
     #[tokio::test]
     async fn a_keep_alive_connection_parked_between_requests_serves_the_next_ones() {
+        let (client, server) = socket_pair().await;
+        keep_alive_through_parking(client, server).await;
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_parked_between_requests_serves_the_next_ones() {
+        let (acceptor, client_config) = tls_pair(&[b"http/1.1"]);
+        let (client, server) = socket_pair().await;
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = rustls::pki_types::ServerName::try_from("lunch.test").unwrap();
+        let (client, server) = tokio::join!(connector.connect(name, client), acceptor.accept(server));
+        keep_alive_through_parking(client.unwrap(), Box::new(server.unwrap())).await;
+    }
+
+    /// Four requests on `client`, served on `server` by one connection
+    /// that is parked after the first, after the second, and after the
+    /// third and fourth (pipelined) with the fifth's start buffered.
+    async fn keep_alive_through_parking<C, I>(mut client: C, server: I)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Readable + Unpin + 'static,
+    {
         // A connection is parked once a tick at most: ticks of 250 ms.
         let limits = Limits {
             header_timeout: Duration::from_secs(1),
             ..Limits::default()
         };
         let conn = Connection::new(redirector(), &limits, None);
-        let (mut client, server) = socket_pair().await;
         // The server does not stop while this test runs.
         let (_stop, stopping) = watch::channel(false);
         let heads = Heads::default();
@@ -456,27 +482,24 @@ mod tests {
         };
         let client = async {
             let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: lunch.test\r\n\r\n");
-            client.write_all(get("/a").as_bytes()).await.unwrap();
+            send(&mut client, get("/a").as_bytes()).await;
             let first = read_responses(&mut client, 1).await;
             assert!(first.contains("location: https://lunch.test/a\r\n"), "{first}");
             // Answered and waiting: hyper's connection is let go of.
             parked(&heads, 1).await;
-            client.write_all(get("/b").as_bytes()).await.unwrap();
+            send(&mut client, get("/b").as_bytes()).await;
             let second = read_responses(&mut client, 1).await;
             assert!(second.contains("location: https://lunch.test/b\r\n"), "{second}");
             parked(&heads, 2).await;
             // Two pipelined requests and the start of a third, which
             // waits, parked, for its end.
             let pipelined = format!("{}{}GET /e HTTP/1.1\r\nHo", get("/c"), get("/d"));
-            client.write_all(pipelined.as_bytes()).await.unwrap();
+            send(&mut client, pipelined.as_bytes()).await;
             let both = read_responses(&mut client, 2).await;
             let (c, d) = (both.find("lunch.test/c\r\n"), both.find("lunch.test/d\r\n"));
             assert!(c.is_some() && c < d, "{both}");
             parked(&heads, 3).await;
-            client
-                .write_all(b"st: lunch.test\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
+            send(&mut client, b"st: lunch.test\r\nConnection: close\r\n\r\n").await;
             let mut last = String::new();
             client.read_to_string(&mut last).await.unwrap();
             assert!(last.starts_with("HTTP/1.1 301 "), "{last}");
@@ -485,6 +508,13 @@ mod tests {
         let (served, ()) = tokio::join!(serving, client);
         served.unwrap();
         assert_eq!(heads.parks(), 3, "parked after /a, /b and /d, not after /e");
+    }
+
+    /// Writes `bytes` to `client` and flushes them (a TLS client's
+    /// records reach the socket on the flush).
+    async fn send<C: AsyncWrite + Unpin>(client: &mut C, bytes: &[u8]) {
+        client.write_all(bytes).await.unwrap();
+        client.flush().await.unwrap();
     }
 
     #[tokio::test]
