@@ -4,29 +4,31 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use http_body_util::{Either, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::header;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Admission;
-use crate::deadlines::{Deadlines, Heads};
+use crate::deadlines::{Deadlines, Heads, Readable};
 use crate::handler::{ConnectionInfo, Handler, tag};
 use crate::handshake::{Handshake, handshake};
 use crate::limits::{Limits, OpenConnection, Stats};
+use crate::parking::{Answered, Resume, Unpinned};
 
 /// What every connection of one server shares.
 pub(crate) struct Connection<S> {
@@ -122,8 +124,8 @@ impl<S: Handler> ConnectionTask<S> {
         };
         match &conn.tls {
             None => {
-                if let Err(e) = serve_http1(&conn, stream, service, info(None), self.stopping).await {
-                    tracing::debug!(%peer, "http connection ended: {}", Causes(&e));
+                if let Err(e) = serve_http1(&conn, stream, service, info(None), self.stopping, Heads::default()).await {
+                    tracing::debug!(%peer, "http connection ended: {}", Causes(&*e));
                 }
             }
             Some(acceptor) => match timeout_at(deadline, handshake(acceptor, stream)).await {
@@ -137,12 +139,14 @@ impl<S: Handler> ConnectionTask<S> {
                     let h2 = session.alpn_protocol() == Some(b"h2");
                     let info = info(session.server_name());
                     let served = if h2 {
-                        serve_http2(&conn, tls, service, info, self.watcher).await
+                        serve_http2(&conn, tls, service, info, self.watcher)
+                            .await
+                            .map_err(Into::into)
                     } else {
-                        serve_http1(&conn, tls, service, info, self.stopping).await
+                        serve_http1(&conn, tls, service, info, self.stopping, Heads::default()).await
                     };
                     if let Err(e) = served {
-                        tracing::debug!(%peer, "https connection ended: {}", Causes(&e));
+                        tracing::debug!(%peer, "https connection ended: {}", Causes(&*e));
                     }
                 }
                 Ok(Ok(Handshake::Plaintext)) => {
@@ -241,7 +245,8 @@ where
             })
         }
     });
-    watcher.watch(conn.http2.serve_connection(io, service)).await
+    // Boxed, so that an HTTP/1 connection's task is not as large as this.
+    Box::pin(watcher.watch(conn.http2.serve_connection(io, service))).await
 }
 
 /// An error with its causes, `: `-separated: hyper's own message says
@@ -266,6 +271,9 @@ impl std::fmt::Display for Causes<'_> {
 /// stays silent, such as a browser's preconnect, does not hold up a restart.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
+/// Why a connection ended, for the debug log.
+type Ended = Box<dyn std::error::Error + Send + Sync>;
+
 /// Serves one HTTP/1 connection, with its idle and header deadlines; when
 /// the server stops, shuts it down gracefully. A connection that has not
 /// yet delivered a request first gets [`FIRST_REQUEST_GRACE`] (at most the
@@ -273,41 +281,92 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 /// it, and closing the connection as idle would lose it (a restart right
 /// after a client connected). HTTP/2 needs no such wait: its GOAWAY tells
 /// the client which requests were not served.
+///
+/// Between requests the connection is parked (`parking`): once its
+/// deadlines find it waiting for a request, hyper's connection is taken
+/// apart and freed, and the next request, when the socket has bytes, is
+/// served by a new one. An idle keep-alive connection then holds only
+/// its transport (the socket and TLS state) and its deadlines.
 async fn serve_http1<I, S: Handler>(
     conn: &Connection<S>,
     io: I,
     service: S,
     info: Option<ConnectionInfo>,
     mut stopping: watch::Receiver<bool>,
-) -> hyper::Result<()>
+    heads: Heads,
+) -> Result<(), Ended>
 where
-    I: AsyncRead + AsyncWrite + Unpin + 'static,
+    I: AsyncRead + AsyncWrite + Readable + Unpin + 'static,
 {
-    let heads = Heads::default();
-    let io = Deadlines::http1(io, conn.idle_timeout, conn.header_timeout, heads.clone());
+    let mut io = Deadlines::http1(io, conn.idle_timeout, conn.header_timeout, heads.clone());
+    io.park_between_requests();
     let request_seen = Arc::new(Notify::new());
     let seen = Arc::clone(&request_seen);
-    let service = hyper::service::service_fn(move |mut request| {
+    let answers = heads.clone();
+    let mut service = Unpinned(hyper::service::service_fn(move |mut request: Request<Incoming>| {
         tag(&mut request, info.as_ref());
         // Only the first request matters to the drain; a stored permit
         // makes `notified()` return at once, however late the drain starts.
-        if heads.arrived() == 0 {
+        if answers.request(!request.body().is_end_stream()) == 0 {
             seen.notify_one();
         }
-        service.handle(request)
-    });
-    let mut served = pin!(conn.http1.serve_connection(TokioIo::new(io), service));
-    let stop = async {
-        let _ = stopping.wait_for(|stop| *stop).await;
-        let grace = conn.header_timeout.min(FIRST_REQUEST_GRACE);
-        let _ = timeout(grace, request_seen.notified()).await;
-    };
-    tokio::select! {
-        result = served.as_mut() => return result,
-        () = stop => {}
+        let heads = answers.clone();
+        let answer = service.handle(request);
+        async move { Ok::<_, Infallible>(answer.await?.map(|body| Answered::new(body, heads))) }
+    }));
+    let mut prefix = Bytes::new();
+    loop {
+        // Boxed: a parked connection's task holds none of hyper's state.
+        let mut served = Box::new(
+            conn.http1
+                .serve_connection(TokioIo::new(Resume::new(prefix, io)), service),
+        );
+        let ended = {
+            let stop = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                let grace = conn.header_timeout.min(FIRST_REQUEST_GRACE);
+                let _ = timeout(grace, request_seen.notified()).await;
+            };
+            let mut stop = pin!(stop);
+            let mut stopped = false;
+            std::future::poll_fn(|cx| {
+                if !stopped && stop.as_mut().poll(cx).is_ready() {
+                    stopped = true;
+                    Pin::new(&mut *served).graceful_shutdown();
+                }
+                if let Poll::Ready(result) = Pin::new(&mut *served).poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                if heads.take_parked() && !stopped {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        if let Some(result) = ended {
+            return Ok(result?);
+        }
+        // Parked: hyper has answered every request, flushed, and waits
+        // for bytes; what it had read of the next request goes on.
+        let parts = served.into_parts();
+        (io, prefix) = parts.io.into_inner().into_parts(&parts.read_buf);
+        service = parts.service;
+        drop(parts.read_buf);
+        let readable = std::future::poll_fn(|cx| io.poll_readable(cx));
+        let stopped = tokio::select! {
+            readable = readable => {
+                readable?;
+                false
+            }
+            _ = stopping.wait_for(|stop| *stop) => true,
+        };
+        if stopped {
+            // What hyper does with an idle connection when it stops.
+            io.shutdown().await?;
+            return Ok(());
+        }
     }
-    served.as_mut().graceful_shutdown();
-    served.await
 }
 
 #[cfg(test)]
@@ -369,6 +428,105 @@ mod tests {
         assert!(response.contains("location: https://lunch.test/menu\r\n"), "{response}");
         task.await.unwrap();
         assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+    }
+
+    /// Reads from `client` until it has `n` whole responses (redirects:
+    /// a head and no body); returns them.
+    async fn read_responses<C: AsyncRead + Unpin>(client: &mut C, n: usize) -> String {
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        while String::from_utf8_lossy(&read).matches("\r\n\r\n").count() < n {
+            let got = client.read(&mut buf).await.unwrap();
+            assert!(got > 0, "closed after {}", String::from_utf8_lossy(&read));
+            read.extend_from_slice(&buf[..got]);
+        }
+        String::from_utf8(read).unwrap()
+    }
+
+    /// Waits until `heads` says the connection was parked `n` times;
+    /// fails if that does not happen within many ticks.
+    async fn parked(heads: &Heads, n: u64) {
+        let wait = async {
+            while heads.parks() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let waited = timeout(Duration::from_secs(20), wait).await;
+        assert!(waited.is_ok(), "parked {} times, not {n}", heads.parks());
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_parked_between_requests_serves_the_next_ones() {
+        let (client, server) = socket_pair().await;
+        keep_alive_through_parking(client, server).await;
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_parked_between_requests_serves_the_next_ones() {
+        let (acceptor, client_config) = tls_pair(&[b"http/1.1"]);
+        let (client, server) = socket_pair().await;
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = rustls::pki_types::ServerName::try_from("lunch.test").unwrap();
+        let (client, server) = tokio::join!(connector.connect(name, client), acceptor.accept(server));
+        keep_alive_through_parking(client.unwrap(), Box::new(server.unwrap())).await;
+    }
+
+    /// Four requests on `client`, served on `server` by one connection
+    /// that is parked after the first, after the second, and after the
+    /// third and fourth (pipelined) with the fifth's start buffered.
+    async fn keep_alive_through_parking<C, I>(mut client: C, server: I)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Readable + Unpin + 'static,
+    {
+        // A connection is parked once a tick at most: ticks of 250 ms.
+        let limits = Limits {
+            header_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let conn = Connection::new(redirector(), &limits, None);
+        // The server does not stop while this test runs.
+        let (_stop, stopping) = watch::channel(false);
+        let heads = Heads::default();
+        let serving = {
+            let heads = heads.clone();
+            async move { serve_http1(&conn, server, redirector(), None, stopping, heads).await }
+        };
+        let client = async {
+            let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: lunch.test\r\n\r\n");
+            send(&mut client, get("/a").as_bytes()).await;
+            let first = read_responses(&mut client, 1).await;
+            assert!(first.contains("location: https://lunch.test/a\r\n"), "{first}");
+            // Answered and waiting: hyper's connection is let go of.
+            parked(&heads, 1).await;
+            send(&mut client, get("/b").as_bytes()).await;
+            let second = read_responses(&mut client, 1).await;
+            assert!(second.contains("location: https://lunch.test/b\r\n"), "{second}");
+            parked(&heads, 2).await;
+            // Two pipelined requests and the start of a third, which
+            // waits, parked, for its end.
+            let pipelined = format!("{}{}GET /e HTTP/1.1\r\nHo", get("/c"), get("/d"));
+            send(&mut client, pipelined.as_bytes()).await;
+            let both = read_responses(&mut client, 2).await;
+            let (c, d) = (both.find("lunch.test/c\r\n"), both.find("lunch.test/d\r\n"));
+            assert!(c.is_some() && c < d, "{both}");
+            parked(&heads, 3).await;
+            send(&mut client, b"st: lunch.test\r\nConnection: close\r\n\r\n").await;
+            let mut last = String::new();
+            client.read_to_string(&mut last).await.unwrap();
+            assert!(last.starts_with("HTTP/1.1 301 "), "{last}");
+            assert!(last.contains("location: https://lunch.test/e\r\n"), "{last}");
+        };
+        let (served, ()) = tokio::join!(serving, client);
+        served.unwrap();
+        assert_eq!(heads.parks(), 3, "parked after /a, /b and /d, not after /e");
+    }
+
+    /// Writes `bytes` to `client` and flushes them (a TLS client's
+    /// records reach the socket on the flush).
+    async fn send<C: AsyncWrite + Unpin>(client: &mut C, bytes: &[u8]) {
+        client.write_all(bytes).await.unwrap();
+        client.flush().await.unwrap();
     }
 
     #[tokio::test]

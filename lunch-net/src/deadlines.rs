@@ -10,34 +10,118 @@
 //! writes only set flags, and the deadlines are checked when it ticks. A
 //! deadline is therefore enforced up to one tick late: a connection is
 //! closed between 1× and 1.25× its timeout.
+//!
+//! The same ticks tell an HTTP/1 connection when to let go of hyper
+//! between requests ([`Deadlines::park_between_requests`]): at most once a
+//! tick, a connection found waiting for its next request is *parked*, and
+//! its server takes hyper's connection apart, freeing its buffers, and
+//! waits on the bare socket with [`Deadlines::poll_readable`].
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_rustls::server::TlsStream;
 
 /// Ticks per timeout: the timer's resolution, and the lateness bound.
 const TICKS_PER_TIMEOUT: u32 = 4;
 
-/// Counts the request heads an HTTP/1 connection has received; the server
-/// bumps it when it passes a request to its handler.
+/// What an HTTP/1 connection's server and its I/O share: the request
+/// heads received (the server counts one when it passes a request to its
+/// handler), the responses answered (the server counts one when hyper is
+/// done with a response's body), and whether the connection is parked.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Heads(Arc<AtomicU64>);
+pub(crate) struct Heads(Arc<Exchanges>);
+
+#[derive(Debug, Default)]
+struct Exchanges {
+    arrived: AtomicU64,
+    answered: AtomicU64,
+    /// Whether the latest request came with a body: hyper may still be
+    /// reading (or discarding) it after the response.
+    body: AtomicBool,
+    parked: AtomicBool,
+    /// Times parked.
+    parks: AtomicU64,
+}
 
 impl Heads {
     /// Counts one more; returns how many had arrived before it.
+    #[cfg(test)]
     pub(crate) fn arrived(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed)
+        self.request(false)
+    }
+
+    /// Counts one more request, with a body or not; returns how many had
+    /// arrived before it.
+    pub(crate) fn request(&self, body: bool) -> u64 {
+        self.0.body.store(body, Ordering::Relaxed);
+        self.0.arrived.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts one response whose body hyper has taken to the end (or
+    /// dropped).
+    pub(crate) fn answered(&self) {
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is between requests: at least one came,
+    /// every one was answered, and the latest had no body left to read.
+    pub(crate) fn between_requests(&self) -> bool {
+        let arrived = self.count();
+        arrived > 0 && self.0.answered.load(Ordering::Relaxed) == arrived && !self.0.body.load(Ordering::Relaxed)
+    }
+
+    /// Whether the I/O parked the connection since the last call.
+    pub(crate) fn take_parked(&self) -> bool {
+        self.0.parked.swap(false, Ordering::Relaxed)
+    }
+
+    /// How many times the connection was parked.
+    #[cfg(test)]
+    pub(crate) fn parks(&self) -> u64 {
+        self.0.parks.load(Ordering::Relaxed)
+    }
+
+    fn park(&self) {
+        self.0.parks.fetch_add(1, Ordering::Relaxed);
+        self.0.parked.store(true, Ordering::Relaxed);
+    }
+
+    fn unpark(&self) {
+        self.0.parked.store(false, Ordering::Relaxed);
     }
 
     fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.arrived.load(Ordering::Relaxed)
+    }
+}
+
+/// A transport whose socket can be waited on without reading from it
+/// (and so without the buffers a read needs).
+pub(crate) trait Readable {
+    /// Ready when the socket has bytes to read (or has closed).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Readable for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// A connection is parked only after its reads have drained rustls (a
+/// read was pending): the socket is then all there is to wait on.
+impl Readable for Box<TlsStream<TcpStream>> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
@@ -59,7 +143,17 @@ pub(crate) struct Deadlines<T> {
     /// reset it: what the client sends is no progress while it takes
     /// nothing.
     write_blocked: Option<u64>,
+    /// Whether bytes were written and not flushed since.
+    unflushed: bool,
+    /// Whether the latest read was pending.
+    read_pending: bool,
     head: Option<HeadDeadline>,
+    /// Whether [`Deadlines::park_between_requests`] is on, and the tick
+    /// the connection was last parked on.
+    parking: bool,
+    parked_on: Option<u64>,
+    /// Whether the connection was parked and has not moved a byte since.
+    parked: bool,
 }
 
 #[derive(Debug)]
@@ -101,12 +195,61 @@ impl<T> Deadlines<T> {
             silent_ticks: 0,
             idle_ticks: ticks_in(idle),
             write_blocked: None,
+            unflushed: false,
+            read_pending: false,
+            parking: false,
+            parked_on: None,
+            parked: false,
             head: header.map(|(header, heads)| HeadDeadline {
                 ticks: ticks_in(header),
                 wrote: false,
                 waiting: Some((0, heads.count())),
                 heads,
             }),
+        }
+    }
+
+    /// Parks the connection (see [`Heads::take_parked`]) when a read is
+    /// pending while it is between requests with its responses flushed,
+    /// once a tick at most: an idle connection is parked as soon as it has
+    /// its answer, and a busy keep-alive connection (whose next request
+    /// then needs a new hyper connection) only a few times a minute.
+    /// Only for HTTP/1.
+    pub(crate) fn park_between_requests(&mut self) {
+        self.parking = true;
+    }
+
+    /// Waits, within the deadlines, until the socket has bytes to read,
+    /// without reading them: how a parked connection waits.
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        T: Readable,
+    {
+        if let Some(head) = &mut self.head {
+            head.reading(self.ticks);
+        }
+        match self.inner.poll_read_ready(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => self.poll_expired(cx).map(Err),
+        }
+    }
+
+    /// A read is pending: parks the connection if it should be (the
+    /// server then takes hyper's connection apart as soon as hyper's poll
+    /// returns, which it does with the read pending).
+    fn check_park(&mut self) {
+        let Some(head) = &self.head else {
+            return;
+        };
+        if self.parking
+            && self.parked_on != Some(self.ticks)
+            && !self.unflushed
+            && self.write_blocked.is_none()
+            && head.heads.between_requests()
+        {
+            self.parked_on = Some(self.ticks);
+            self.parked = true;
+            head.heads.park();
         }
     }
 
@@ -154,6 +297,13 @@ impl<T> Deadlines<T> {
         match polled {
             Poll::Ready(result) => {
                 self.progress = true;
+                // Parked only while nothing moves: the server takes
+                // hyper's connection apart only if it is still so.
+                if std::mem::take(&mut self.parked) {
+                    if let Some(head) = &self.head {
+                        head.heads.unpark();
+                    }
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => self.poll_expired(cx).map(Err),
@@ -188,7 +338,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
             head.reading(this.ticks);
         }
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.track(cx, polled)
+        let polled = this.track(cx, polled);
+        this.read_pending = polled.is_pending();
+        if this.read_pending {
+            this.check_park();
+        }
+        polled
     }
 }
 
@@ -221,6 +376,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Ready(result) => {
                 this.write_blocked = None;
+                if result.is_ok() {
+                    this.unflushed = false;
+                    // hyper reads again only when woken: with a read
+                    // pending, the end of a response is the time to park.
+                    if this.read_pending {
+                        this.check_park();
+                    }
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => {
@@ -243,9 +406,12 @@ impl<T> Deadlines<T> {
                 self.write_blocked.get_or_insert(self.ticks);
             }
         }
-        if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, polled) {
+        if let Poll::Ready(Ok(n)) = polled {
             if *n > 0 {
-                head.wrote = true;
+                self.unflushed = true;
+                if let Some(head) = &mut self.head {
+                    head.wrote = true;
+                }
             }
         }
     }

@@ -27,11 +27,15 @@ pub(crate) async fn handshake(acceptor: &TlsAcceptor, mut stream: TcpStream) -> 
     if stream.peek(&mut first).await? == 0 {
         return Ok(Handshake::Closed);
     }
+    // Both boxed: the connection's task holds this future's state in its
+    // own, for the life of the connection, and the handshake's (a
+    // connection's rustls state) and the refusal's (its read buffer) are
+    // needed only for a moment.
     if first[0] != 0x16 {
-        refuse_plaintext(&mut stream).await;
+        Box::pin(refuse_plaintext(&mut stream)).await;
         return Ok(Handshake::Plaintext);
     }
-    Ok(Handshake::Tls(Box::new(acceptor.accept(stream).await?)))
+    Ok(Handshake::Tls(Box::new(Box::pin(acceptor.accept(stream)).await?)))
 }
 
 async fn refuse_plaintext(stream: &mut TcpStream) {

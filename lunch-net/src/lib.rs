@@ -28,6 +28,7 @@ mod deadlines;
 mod handler;
 mod handshake;
 mod limits;
+mod parking;
 mod probe;
 pub mod proxy;
 pub mod quic;

@@ -2,6 +2,11 @@
 //! connections, each after one request (HTTP/1.1 or HTTP/2), are held
 //! open without a byte more; the server's resident memory (VmRSS summed
 //! over its processes) before and after, divided by N, is the cost of one.
+//! A connection the server closed before the measurement (lunchd closes a
+//! keep-alive connection without a next request after its header
+//! timeout, 10 s by default, and opening thousands of connections on a
+//! busy machine can take that long) would make the server look cheaper:
+//! the measurement fails instead.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -152,6 +157,13 @@ pub(crate) fn measure(
     let held = open(&config, port, path, protocol, n).with_context(|| format!("{server}: {} idle", protocol.name()))?;
     settle();
     let after_kib = procs::rss_kib(&procs::family(pid));
+    let closed = closed_by_server(&held)?;
+    anyhow::ensure!(
+        closed == 0,
+        "{server}: {closed} of the {n} idle {} connections were closed before they were measured (by a \
+         timeout of the server's?); measure fewer connections or on a quieter machine",
+        protocol.name()
+    );
     drop(held);
     settle();
     Ok(Idle {
@@ -163,15 +175,58 @@ pub(crate) fn measure(
     })
 }
 
+/// How many of `held` the server has closed: their sockets got its FIN
+/// and wait in CLOSE_WAIT for this end to close (from /proc/net/tcp,
+/// whatever bytes they have unread).
+fn closed_by_server(held: &[Tls]) -> anyhow::Result<usize> {
+    const CLOSE_WAIT: &str = "08";
+    let table = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    let waiting: std::collections::HashSet<u16> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields.get(1)?.rsplit(':').next()?;
+            (fields.get(3) == Some(&CLOSE_WAIT)).then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect();
+    Ok(held
+        .iter()
+        .filter(|tls| tls.sock.local_addr().is_ok_and(|addr| waiting.contains(&addr.port())))
+        .count())
+}
+
 /// Time for the server to finish with connections opened or closed.
 fn settle() {
     thread::sleep(Duration::from_secs(2));
 }
 
+/// Opens `n` connections from a few threads at once: on a busy machine,
+/// one after the other, the first would reach lunchd's header timeout
+/// before the last is open.
 fn open(config: &Arc<ClientConfig>, port: u16, path: &str, protocol: Protocol, n: usize) -> anyhow::Result<Vec<Tls>> {
-    (0..n)
-        .map(|i| one_request(config, port, path, protocol).with_context(|| format!("connection {i}")))
-        .collect()
+    const THREADS: usize = 4;
+    thread::scope(|scope| {
+        let openers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..n)
+                        .step_by(THREADS)
+                        .map(|i| one_request(config, port, path, protocol).with_context(|| format!("connection {i}")))
+                        .collect::<anyhow::Result<Vec<Tls>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        for opener in openers {
+            all.extend(
+                opener
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a thread opening connections panicked"))??,
+            );
+        }
+        Ok(all)
+    })
 }
 
 /// A TLS connection that has made one request and read its answer.
