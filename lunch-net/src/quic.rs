@@ -83,6 +83,8 @@ pub struct QuicStats {
     pub retried: AtomicU64,
     /// Clients refused because `max_connections` were open.
     pub refused: AtomicU64,
+    /// Clients refused because the server was draining.
+    pub refused_draining: AtomicU64,
 }
 
 /// The HTTP/3 server on one UDP socket.
@@ -254,14 +256,24 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
             }
         }
         let _ = stopping_tx.send(true);
-        // No new connections from here; those open get their GOAWAY.
-        endpoint.set_server_config(None);
+        // No new connections from here, and each of those open gets its
+        // GOAWAY. New clients are refused at once (CONNECTION_REFUSED)
+        // rather than left to time out, so that they can go elsewhere or
+        // come back when systemd has started lunchd again.
         let open = stats.active.load(Ordering::Relaxed);
         if open > 0 {
             tracing::info!(server = "quic", open, "draining connections");
         }
         let drained = timeout(limits.drain_timeout, async {
-            while connections.join_next().await.is_some() {}
+            loop {
+                tokio::select! {
+                    joined = connections.join_next() => if joined.is_none() { break },
+                    Some(incoming) = endpoint.accept() => {
+                        quic_stats.refused_draining.fetch_add(1, Ordering::Relaxed);
+                        incoming.refuse();
+                    }
+                }
+            }
         })
         .await;
         if drained.is_err() {
@@ -326,21 +338,37 @@ async fn serve_connection<S: Handler<QuicBody>>(
     let mut requests = JoinSet::new();
     let mut draining = *stopping.borrow_and_update();
     if draining {
-        let _ = h3.shutdown(0).await;
+        let _ = h3.shutdown(1).await;
     }
+    let mut clean = true;
     loop {
         tokio::select! {
             Ok(_) = stopping.changed(), if !draining => {
                 draining = true;
                 // GOAWAY: requests already accepted finish, later ones are
-                // refused so the client retries them elsewhere.
-                if let Err(e) = h3.shutdown(0).await {
+                // refused so the client retries them elsewhere. Its stream
+                // ID is the first one not processed: one after the last
+                // accepted (h3 counts the `1` in streams).
+                if let Err(e) = h3.shutdown(1).await {
                     tracing::debug!(server = "quic", %peer, "goaway failed: {e}");
+                    clean = false;
                     break;
                 }
             }
             Some(_) = requests.join_next() => {}
             accepted = h3.accept() => match accepted {
+                // A request that crossed the GOAWAY on the wire, on the
+                // stream the GOAWAY names: h3 lets it through, but the
+                // client was told it is not processed.
+                Ok(Some(resolver)) if draining => {
+                    let header_timeout = limits.header_timeout;
+                    requests.spawn(async move {
+                        if let Ok(Ok((_, mut stream))) = timeout(header_timeout, resolver.resolve_request()).await {
+                            stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                            stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+                        }
+                    });
+                }
                 Ok(Some(resolver)) => {
                     let handler = handler.clone();
                     let info = info.clone();
@@ -358,6 +386,7 @@ async fn serve_connection<S: Handler<QuicBody>>(
                     if !e.is_h3_no_error() {
                         tracing::debug!(server = "quic", %peer, "connection ended: {e}");
                     }
+                    clean = false;
                     break;
                 }
             },
@@ -370,6 +399,15 @@ async fn serve_connection<S: Handler<QuicBody>>(
         }
     }
     while requests.join_next().await.is_some() {}
+    if clean {
+        // quinn drops what a closed connection has not yet sent, and the
+        // last response was only handed to it (h3-quinn's finish does not
+        // wait for the acknowledgement): give its packets time to arrive,
+        // and the client time to close first, as it does once a GOAWAY
+        // leaves it nothing in flight.
+        let linger = (connection.rtt() * 4 + Duration::from_millis(50)).min(Duration::from_secs(1));
+        let _ = timeout(linger, connection.closed()).await;
+    }
     connection.close(VarInt::from_u32(H3_NO_ERROR), b"");
 }
 

@@ -188,9 +188,19 @@ impl H3Connection {
     }
 
     async fn try_connect(port: u16, ca: &TestCa) -> Result<H3Connection, String> {
+        H3Connection::try_connect_with(port, ca, quinn::TransportConfig::default()).await
+    }
+
+    async fn try_connect_with(
+        port: u16,
+        ca: &TestCa,
+        transport: quinn::TransportConfig,
+    ) -> Result<H3Connection, String> {
         let tls = QuicClientConfig::try_from(ca.client_config(&[b"h3"])).unwrap();
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
+        let mut client = quinn::ClientConfig::new(Arc::new(tls));
+        client.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(client);
         let connecting = endpoint
             .connect(SocketAddr::from(([127, 0, 0, 1], port)), "localhost")
             .unwrap();
@@ -470,6 +480,80 @@ async fn sigterm_sends_goaway_and_exits_cleanly() {
     let status = lunchd.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", lunchd.log());
     assert!(h3.connection.close_reason().is_some());
+    lunchd.assert_no_panic();
+}
+
+/// A response held in flight by QUIC flow control when SIGTERM arrives:
+/// the client grants its request stream 1 KB and stops reading after the
+/// headers, so lunchd has answered but cannot send the rest of the page
+/// until the client reads on. The GOAWAY refuses new requests and new
+/// connections while lunchd waits, and the page then arrives whole.
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones() {
+    let mut lunchd = H3Lunchd::start("drain_timeout = 20");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+    let mut h3 = H3Connection::try_connect_with(lunchd.quic, &lunchd.ca, transport)
+        .await
+        .unwrap();
+    let request = hyper::Request::get(format!("https://localhost:{}/", lunchd.quic))
+        .body(())
+        .unwrap();
+    let mut stream = h3.send.send_request(request).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(length > 4 * 1024, "the page ({length} bytes) fits in the window");
+
+    lunchd.signal(libc::SIGTERM);
+    lunchd.wait_log("draining connections");
+    // The GOAWAY reaches the client: a new request on the connection is
+    // refused, by the client itself or by lunchd.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        let request = hyper::Request::get(format!("https://localhost:{}/healthz", lunchd.quic))
+            .body(())
+            .unwrap();
+        match h3.send.send_request(request).await {
+            Err(e) => format!("not sent: {e}"),
+            Ok(mut late) => {
+                let _ = late.finish().await;
+                match late.recv_response().await {
+                    Err(e) => format!("sent, then: {e}"),
+                    Ok(r) => panic!("a request after the GOAWAY answered {}", r.status()),
+                }
+            }
+        }
+    })
+    .await
+    .expect("a request after the GOAWAY neither refused nor answered");
+    eprintln!("request after the GOAWAY: {refused}");
+    // A new connection is refused at once, not left to time out.
+    match H3Connection::try_connect(lunchd.quic, &lunchd.ca).await {
+        Ok(_) => panic!("a new connection was accepted while draining"),
+        Err(e) => assert!(e.contains("refused"), "{e}"),
+    }
+    assert!(
+        lunchd.child.try_wait().unwrap().is_none(),
+        "lunchd exited with a request in flight:\n{}",
+        lunchd.log()
+    );
+
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(mut chunk) = stream.recv_data().await? {
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok::<_, h3::error::StreamError>(())
+    })
+    .await
+    .expect("the response in flight never completed");
+    read.unwrap_or_else(|e| panic!("the response in flight was cut off after {} bytes: {e}", body.len()));
+    assert_eq!(body.len(), length, "{}", lunchd.log());
+    assert!(String::from_utf8_lossy(&body).trim_end().ends_with("</html>"));
+    let status = lunchd.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", lunchd.log());
+    assert!(!lunchd.log().contains("drain deadline passed"), "{}", lunchd.log());
     lunchd.assert_no_panic();
 }
 
