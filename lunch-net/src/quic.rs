@@ -76,7 +76,9 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::Serve
     Arc::new(config)
 }
 
-/// What only a QUIC server counts, beside its [`Stats`].
+/// What only a QUIC server counts, beside its [`Stats`] (whose
+/// `handshakes_full` and `handshakes_resumed` stay 0: quinn does not say
+/// which kind a handshake was, so QUIC counts them here).
 #[derive(Debug, Default)]
 pub struct QuicStats {
     /// Clients asked to prove their address with a Retry.
@@ -85,6 +87,58 @@ pub struct QuicStats {
     pub refused: AtomicU64,
     /// Clients refused because the server was draining.
     pub refused_draining: AtomicU64,
+    /// QUIC handshakes completed (and HTTP/3 set up).
+    pub handshakes: AtomicU64,
+    /// Client hellos that presented a session ticket this server issued
+    /// and still held: the handshakes that resumed (one whose resumption
+    /// then failed, on a ticket for another server name, say, would be
+    /// counted too).
+    pub resumed: AtomicU64,
+}
+
+impl QuicStats {
+    /// Handshakes completed in full and resumed.
+    pub fn handshakes(&self) -> (u64, u64) {
+        let resumed = self.resumed.load(Ordering::Relaxed);
+        let all = self.handshakes.load(Ordering::Relaxed);
+        (all.saturating_sub(resumed), resumed)
+    }
+}
+
+/// The session store of the QUIC server's TLS, counting the tickets
+/// clients present back into [`QuicStats::resumed`]: what rustls tells a
+/// TCP server with `handshake_kind`, and quinn does not pass on.
+#[derive(Debug)]
+struct CountResumptions {
+    inner: Arc<dyn rustls::server::StoresServerSessions>,
+    stats: Arc<QuicStats>,
+}
+
+impl CountResumptions {
+    fn count(&self, value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if value.is_some() {
+            self.stats.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        value
+    }
+}
+
+impl rustls::server::StoresServerSessions for CountResumptions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.count(self.inner.get(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.count(self.inner.take(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
 }
 
 /// The HTTP/3 server on one UDP socket.
@@ -126,7 +180,13 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         handler: S,
         limits: Limits,
     ) -> Result<QuicServer<S>, QuicError> {
-        let crypto = QuicServerConfig::try_from(tls)?;
+        let quic_stats = Arc::new(QuicStats::default());
+        let mut tls = (*tls).clone();
+        tls.session_storage = Arc::new(CountResumptions {
+            inner: Arc::clone(&tls.session_storage),
+            stats: Arc::clone(&quic_stats),
+        });
+        let crypto = QuicServerConfig::try_from(Arc::new(tls))?;
         let mut transport = TransportConfig::default();
         transport.max_idle_timeout(Some(
             IdleTimeout::try_from(limits.idle_timeout).map_err(|_| QuicError::IdleTimeout(limits.idle_timeout))?,
@@ -150,7 +210,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
             connection_info: false,
             limits,
             stats: Arc::default(),
-            quic_stats: Arc::default(),
+            quic_stats,
             probe,
             questions,
         })
@@ -226,6 +286,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                     let open = stats.active.load(Ordering::Relaxed);
                     if open >= limits.max_connections {
                         if !full_since_warned {
+                            stats.limit_reached.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(server = "quic", limit = limits.max_connections, "connection limit reached; refusing new clients");
                             full_since_warned = true;
                         }
@@ -248,7 +309,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                         Arc::clone(&limits),
                         connection_info,
                         OpenConnection::new(&stats),
-                        Arc::clone(&stats),
+                        (Arc::clone(&stats), Arc::clone(&quic_stats)),
                         stopping.clone(),
                     );
                     connections.spawn(task);
@@ -299,7 +360,7 @@ async fn serve_connection<S: Handler<QuicBody>>(
     limits: Arc<Limits>,
     connection_info: bool,
     _open: OpenConnection,
-    stats: Arc<Stats>,
+    (stats, quic_stats): (Arc<Stats>, Arc<QuicStats>),
     mut stopping: watch::Receiver<bool>,
 ) {
     let peer = incoming.remote_address();
@@ -322,10 +383,12 @@ async fn serve_connection<S: Handler<QuicBody>>(
         Err(_) => {
             // Dropping the connection closes it.
             stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(server = "quic", %peer, "handshake timed out");
             return;
         }
     };
+    quic_stats.handshakes.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(server = "quic", %peer, "http/3 connection established");
     let info = connection_info.then(|| ConnectionInfo {
         peer,

@@ -153,6 +153,16 @@ impl H3Lunchd {
     async fn connect(&self) -> H3Connection {
         H3Connection::connect(self.quic, &self.ca).await
     }
+
+    /// `GET /metrics` from the metrics socket of an `observed` lunchd.
+    fn scrape(&self) -> String {
+        let response = support::raw_request(
+            self.metrics.expect("a metrics socket"),
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(support::status_of(&response), Some(200), "{response}");
+        response
+    }
 }
 
 impl Drop for H3Lunchd {
@@ -197,9 +207,15 @@ impl H3Connection {
         transport: quinn::TransportConfig,
     ) -> Result<H3Connection, String> {
         let tls = QuicClientConfig::try_from(ca.client_config(&[b"h3"])).unwrap();
-        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let mut client = quinn::ClientConfig::new(Arc::new(tls));
         client.transport_config(Arc::new(transport));
+        H3Connection::try_connect_as(port, client).await
+    }
+
+    /// With `client`'s settings (and its TLS session cache: a second
+    /// connection with the same settings resumes).
+    async fn try_connect_as(port: u16, client: quinn::ClientConfig) -> Result<H3Connection, String> {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         endpoint.set_default_client_config(client);
         let connecting = endpoint
             .connect(SocketAddr::from(([127, 0, 0, 1], port)), "localhost")
@@ -320,14 +336,7 @@ async fn the_lunch_is_served_over_http3_with_a_verified_certificate_and_advertis
 #[tokio::test]
 async fn http3_requests_are_counted_as_h3_and_written_to_the_access_log() {
     let lunchd = H3Lunchd::observed(tempfile::tempdir().unwrap());
-    let scrape = || {
-        let response = support::raw_request(
-            lunchd.metrics.unwrap(),
-            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        );
-        assert_eq!(support::status_of(&response), Some(200), "{response}");
-        response
-    };
+    let scrape = || lunchd.scrape();
     let count = |text: &str, class: &str| -> f64 {
         let series = format!("lunchd_http_requests_total{{server=\"https\",protocol=\"h3\",class=\"{class}\"}} ");
         text.lines()
@@ -353,6 +362,20 @@ async fn http3_requests_are_counted_as_h3_and_written_to_the_access_log() {
         after.contains("lunchd_http_requests_total{server=\"https\",protocol=\"h2\",class=\"2xx\"} 0"),
         "{after}"
     );
+    // The QUIC connection, as server quic; TCP's counters untouched.
+    for series in [
+        "lunchd_connections_accepted_total{server=\"quic\"} 1",
+        "lunchd_connections_open{server=\"quic\"} 1",
+        "lunchd_connections_refused_total{server=\"quic\",reason=\"limit\"} 0",
+        "lunchd_connections_retried_total{server=\"quic\"} 0",
+        "lunchd_tls_handshakes_total{server=\"quic\",kind=\"full\"} 1",
+        "lunchd_tls_handshakes_total{server=\"quic\",kind=\"resumed\"} 0",
+        "lunchd_tls_handshake_failures_total{server=\"quic\",reason=\"error\"} 0",
+        "lunchd_connections_accepted_total{server=\"https\"} 0",
+        "lunchd_tls_handshakes_total{kind=\"full\"} 0",
+    ] {
+        assert!(after.lines().any(|l| l == series), "no {series} in:\n{after}");
+    }
 
     let path = lunchd.dir.path().join("logs/access.log");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -480,6 +503,51 @@ async fn sigterm_sends_goaway_and_exits_cleanly() {
     let status = lunchd.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", lunchd.log());
     assert!(h3.connection.close_reason().is_some());
+    lunchd.assert_no_panic();
+}
+
+/// The QUIC server's connections in the metrics, as server `quic`: a
+/// second connection with the same client settings resumes its TLS
+/// session (and, with half of `max_connections` open, proves its address
+/// with a Retry first), and beyond `max_connections` clients are refused.
+#[tokio::test]
+async fn quic_connections_handshakes_and_refusals_are_in_the_metrics() {
+    let lunchd = H3Lunchd::start_with("max_connections = 2", tempfile::tempdir().unwrap(), None, true);
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let tls = QuicClientConfig::try_from(lunchd.ca.client_config(&[b"h3"])).unwrap();
+    let client = quinn::ClientConfig::new(Arc::new(tls));
+    let mut first = H3Connection::try_connect_as(lunchd.quic, client.clone()).await.unwrap();
+    // The request lets the session tickets arrive before the next handshake.
+    assert_eq!(first.get("/healthz").await.status, 200);
+    let mut second = H3Connection::try_connect_as(lunchd.quic, client).await.unwrap();
+    assert_eq!(second.get("/healthz").await.status, 200);
+    // Both slots taken: a third client is refused.
+    let refused = H3Connection::try_connect(lunchd.quic, &lunchd.ca).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "{:?}",
+        refused.err()
+    );
+    let text = lunchd.scrape();
+    for (series, expected) in [
+        ("lunchd_connections_accepted_total{server=\"quic\"}", 2.0),
+        ("lunchd_connections_open{server=\"quic\"}", 2.0),
+        ("lunchd_tls_handshakes_total{server=\"quic\",kind=\"full\"}", 1.0),
+        ("lunchd_tls_handshakes_total{server=\"quic\",kind=\"resumed\"}", 1.0),
+        ("lunchd_connections_retried_total{server=\"quic\"}", 1.0),
+        ("lunchd_connection_limit_reached_total{server=\"quic\"}", 1.0),
+        (
+            "lunchd_connections_refused_total{server=\"quic\",reason=\"limit\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(&text, series), expected, "{series}\n{text}");
+    }
+    drop((first, second));
     lunchd.assert_no_panic();
 }
 
