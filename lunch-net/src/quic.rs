@@ -201,6 +201,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         // quinn refuses them itself.
         config.max_incoming(limits.max_connections.max(1));
         socket.set_nonblocking(true)?;
+        raise_receive_buffer(&socket);
         let endpoint = Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))?;
         let (probe, questions) = Probe::accept_loop();
         Ok(QuicServer {
@@ -348,6 +349,29 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         endpoint.close(VarInt::from_u32(H3_NO_ERROR), b"shutting down");
         // Lets the CONNECTION_CLOSE frames go out; bounded in case a peer is gone.
         let _ = timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+}
+
+/// The receive buffer the QUIC socket should have at least, in bytes.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Every QUIC client's datagrams queue on the one socket, and one thread
+/// reads them: the kernel's default buffer (208 KiB, about 90 full-size
+/// datagrams) overflows in a burst or while the thread waits for a core,
+/// and each datagram dropped there costs a retransmission and shrinks
+/// the sender's congestion window. Raises it towards [`RECEIVE_BUFFER`]
+/// (the kernel caps it at `net.core.rmem_max`; systemd's
+/// `ReceiveBuffer=` can go beyond, and a larger buffer is left as it is).
+fn raise_receive_buffer(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    // Linux reports twice what was asked: the bookkeeping it adds.
+    match socket.recv_buffer_size() {
+        Ok(size) if size / 2 >= RECEIVE_BUFFER => {}
+        _ => {
+            if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+                tracing::debug!(server = "quic", "cannot raise the receive buffer: {e}");
+            }
+        }
     }
 }
 

@@ -48,6 +48,9 @@ struct H3Run {
     cpu_seconds: f64,
     /// The load client's own CPU (this process) over the same time.
     client_cpu_seconds: f64,
+    /// Datagrams the kernel dropped because the server's socket buffer
+    /// was full, over the same time.
+    drops: u64,
     seconds: f64,
     peak_rss_kib: u64,
     idle_rss_kib: u64,
@@ -164,10 +167,12 @@ pub(super) fn run(binary: &Path, duration: f64, out: &Path) -> anyhow::Result<()
         load(port, path, &tls, super::warm_up(duration)).with_context(|| format!("{server}: h3 warm-up"))?;
         let sampler = Sampler::start(pid);
         let client_before = procs::cpu_ticks(&[std::process::id()]);
+        let drops_before = udp_drops(port);
         let started = Instant::now();
         let (outcome, failures) = load(port, path, &tls, duration).with_context(|| format!("{server}: h3"))?;
         let seconds = started.elapsed().as_secs_f64();
         let client_ticks = procs::cpu_ticks(&[std::process::id()]).saturating_sub(client_before);
+        let drops = udp_drops(port).saturating_sub(drops_before);
         let usage = sampler.finish(ticks);
         let run = H3Run {
             server,
@@ -176,16 +181,18 @@ pub(super) fn run(binary: &Path, duration: f64, out: &Path) -> anyhow::Result<()
             failures,
             cpu_seconds: usage.cpu_seconds,
             client_cpu_seconds: client_ticks as f64 / ticks as f64,
+            drops,
             seconds,
             peak_rss_kib: usage.peak_rss_kib,
             idle_rss_kib,
         };
         eprintln!(
-            "bench:   {:.0} req/s, {:.2} µs server CPU per request (server {:.0}% of a core busy; client {:.2} µs per request), peak RSS {:.1} MiB, {} errors{}",
+            "bench:   {:.0} req/s, {:.2} µs server CPU per request (server {:.0}% of a core busy; client {:.2} µs per request; {} datagrams dropped at the server's socket), peak RSS {:.1} MiB, {} errors{}",
             run.outcome.rps,
             run.us_per_request(),
             run.server_busy() * 100.0,
             run.client_us_per_request(),
+            run.drops,
             super::mib(run.peak_rss_kib),
             run.outcome.errors,
             if run.failures.is_empty() {
@@ -230,18 +237,19 @@ fn markdown(runs: &[H3Run], duration: f64) -> String {
     );
     let _ = writeln!(
         md,
-        "| server | test | req/s | server CPU µs/req | server busy | client CPU µs/req | p50 ms | p99 ms | RSS idle MiB | RSS peak MiB | errors | url |"
+        "| server | test | req/s | server CPU µs/req | server busy | client CPU µs/req | socket drops | p50 ms | p99 ms | RSS idle MiB | RSS peak MiB | errors | url |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         let _ = writeln!(
             md,
-            "| {} | h3 | {:.0} | {:.2} | {:.0}% | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
+            "| {} | h3 | {:.0} | {:.2} | {:.0}% | {:.2} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
             r.server,
             r.outcome.rps,
             r.us_per_request(),
             r.server_busy() * 100.0,
             r.client_us_per_request(),
+            r.drops,
             r.outcome.p50_ms,
             r.outcome.p99_ms,
             super::mib(r.idle_rss_kib),
@@ -261,6 +269,25 @@ fn markdown(runs: &[H3Run], duration: f64) -> String {
         );
     }
     md
+}
+
+/// The datagrams dropped so far by the kernel on the UDP sockets bound to
+/// `port` (nginx has one per worker): the last column of /proc/net/udp.
+fn udp_drops(port: u16) -> u64 {
+    let local = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            address
+                .ends_with(&local)
+                .then(|| fields.last()?.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// One HTTP/3 GET with the tree's curl, which must answer 200.

@@ -722,9 +722,30 @@ fn step_sockets(w: &World<'_>) -> anyhow::Result<String> {
         .find(|l| l.contains(":443 "))
         .with_context(|| format!("nothing listens on UDP port 443:\n{udp}"))?;
     ensure!(line.contains("pid=1,"), "UDP port 443 is not held by PID 1:\n{line}");
+    // ReceiveBuffer=4M: the kernel reports twice what was set.
+    let memory = c.run(&[
+        "ss",
+        "--listening",
+        "--udp",
+        "--numeric",
+        "--memory",
+        "--no-header",
+        "sport",
+        "=",
+        ":443",
+    ])?;
+    let receive_buffer: u64 = memory
+        .split(|ch: char| !ch.is_ascii_alphanumeric())
+        .find_map(|field| field.strip_prefix("rb")?.parse().ok())
+        .with_context(|| format!("ss shows no receive buffer for UDP port 443:\n{memory}"))?;
+    ensure!(
+        receive_buffer >= 8 << 20,
+        "UDP port 443 has a receive buffer of {receive_buffer} bytes; {QUIC_SOCKET} asks for ReceiveBuffer=4M"
+    );
     Ok(format!(
-        "ports 80 and 443 held by systemd (PID 1), and UDP 443 for HTTP/3 ({QUIC_SOCKET}: Listen={}); {SERVICE} inactive",
-        listen.trim()
+        "ports 80 and 443 held by systemd (PID 1), and UDP 443 for HTTP/3 ({QUIC_SOCKET}: Listen={}, ReceiveBuffer= {} MiB in effect); {SERVICE} inactive",
+        listen.trim(),
+        (receive_buffer / 2) >> 20
     ))
 }
 
