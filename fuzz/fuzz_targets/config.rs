@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(!config.menu.dishes().is_empty());
             assert!(config.utc_offset_minutes.abs() <= 14 * 60);
             assert_eq!(config.key.is_some(), config.certificate.is_some());
+            assert!(config.drain_delay.as_secs() <= 60);
+            assert!(config.drain_delay.is_zero() || !config.proxy_from.is_empty());
         }
         Err(errors) => {
             assert!(!errors.0.is_empty(), "refused without a reason");

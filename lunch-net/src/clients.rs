@@ -67,6 +67,11 @@ impl Clients {
         }
     }
 
+    /// The most connections one client may hold.
+    pub(crate) fn max(&self) -> u32 {
+        self.max
+    }
+
     fn shard(&self, key: &ClientKey) -> &Mutex<HashMap<ClientKey, u32>> {
         // Keyed by a random hasher: a client cannot choose its shard.
         &self.shards[self.hasher.hash_one(key) as usize & (SHARDS - 1)]

@@ -19,10 +19,10 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
-use crate::clients::ClientSlot;
+use crate::admission::Admission;
 use crate::deadlines::{Deadlines, Heads};
 use crate::handler::{ConnectionInfo, Handler, tag};
 use crate::handshake::{Handshake, handshake};
@@ -89,16 +89,28 @@ pub(crate) struct ConnectionTask<S> {
     pub(crate) stopping: watch::Receiver<bool>,
     /// The connection's slot under `Limits::max_connections`.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
-    /// The connection's place in its client's count.
-    pub(crate) client: Option<ClientSlot>,
+    /// The connection's place in its client's count, or the gate that
+    /// admits the client its PROXY header names.
+    pub(crate) client: Option<Admission>,
 }
 
 impl<S: Handler> ConnectionTask<S> {
-    pub(crate) async fn run(self, stream: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn run(self, mut stream: TcpStream, peer: SocketAddr) {
         // Released after the connection stops counting as open.
         let _permit = self.permit;
-        let _client = self.client;
         let _open = OpenConnection::new(&self.stats);
+        // From accept to a finished TLS handshake, a PROXY header included.
+        let deadline = Instant::now() + self.conn.handshake_timeout;
+        let (peer, _client) = match self.client {
+            Some(Admission::Proxied(gate)) => {
+                match gate.proxied(&mut stream, peer, self.conn.handshake_timeout).await {
+                    Some((client, slot)) => (client, Some(slot)),
+                    None => return,
+                }
+            }
+            Some(Admission::Admitted(slot)) => (peer, Some(slot)),
+            None => (peer, None),
+        };
         let _ = stream.set_nodelay(true);
         let conn = Arc::clone(&self.conn);
         let service = conn.handler.clone();
@@ -114,7 +126,7 @@ impl<S: Handler> ConnectionTask<S> {
                     tracing::debug!(%peer, "http connection ended: {}", Causes(&e));
                 }
             }
-            Some(acceptor) => match timeout(conn.handshake_timeout, handshake(acceptor, stream)).await {
+            Some(acceptor) => match timeout_at(deadline, handshake(acceptor, stream)).await {
                 Ok(Ok(Handshake::Tls(tls))) => {
                     let session = tls.get_ref().1;
                     let kind = match session.handshake_kind() {

@@ -21,6 +21,7 @@
 //! This crate never chooses a port, a path or a name: it is handed
 //! listeners, certificate files and a handler.
 
+mod admission;
 mod clients;
 mod connection;
 mod deadlines;

@@ -76,6 +76,10 @@ pub struct Stats {
     /// Connections closed right after accept because their client already
     /// held `Limits::max_connections_per_client`.
     pub refused_per_client: AtomicU64,
+    /// Connections closed before TLS (or HTTP) on a server with trusted
+    /// balancers: from a peer outside their networks, or with a PROXY
+    /// header that was missing, malformed, too long or late.
+    pub refused_proxy: AtomicU64,
     /// TLS handshakes completed in full.
     pub handshakes_full: AtomicU64,
     /// TLS handshakes that resumed an earlier session.

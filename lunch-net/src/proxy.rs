@@ -2,15 +2,18 @@
 //! `send-proxy-v2`, a cloud L4 balancer) writes before a connection's
 //! first byte, carrying the client's address.
 //!
-//! [`Trusted`] is the `[proxy] from` list of balancer networks. For a
-//! connection from one of them, [`read_client`] reads exactly the header
+//! [`Trusted`] is the list of balancer networks. For a connection from
+//! one of them, [`read_client`] reads exactly the header
 //! (never a byte of what follows, so the TLS handshake or the HTTP request
 //! starts where it would without a balancer) within a deadline and returns
 //! the client's address; from any other peer, or with a malformed header,
 //! it fails and the caller closes the connection before TLS. Parsing is
 //! the `ppp` crate's.
 //!
-//! Not wired into the accept loop yet: this module only decides.
+//! A server made `with_proxy` decides at accept whether
+//! a peer is trusted and reads the header on the connection's worker.
+//! Only version 2 is read: a version 1 (text) header is refused as
+//! malformed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -30,8 +33,8 @@ const FIXED: usize = 16;
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The peer is not a balancer listed in `[proxy] from`.
-    #[error("connection from {0}, which is not in [proxy] from; closed before TLS")]
+    /// The peer is not one of the trusted balancers.
+    #[error("connection from {0}, which is not a trusted balancer; closed before reading it")]
     Untrusted(SocketAddr),
     /// The first bytes are not a PROXY v2 header.
     #[error("no valid PROXY v2 header from {peer}: {reason}")]
@@ -62,7 +65,7 @@ pub enum ProxyError {
     },
 }
 
-/// A bad entry in `[proxy] from`.
+/// A bad entry in the list of trusted networks.
 #[derive(Debug, thiserror::Error)]
 #[error("`{0}` is not an address or a network (ADDR/PREFIX, e.g. 10.0.0.1/32 or fd00::/64)")]
 pub struct BadNetwork(pub String);
@@ -106,9 +109,23 @@ impl Trusted {
         })
     }
 
-    /// Whether the list is empty (`[proxy]` absent): no header is expected.
+    /// Whether the list is empty: no header is expected.
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty()
+    }
+}
+
+/// `10.77.0.1/32, fd00::/64`: the networks as they were given, with
+/// their prefixes.
+impl std::fmt::Display for Trusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (net, prefix)) in self.nets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{net}/{prefix}")?;
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +286,7 @@ mod tests {
             assert!(Trusted::parse(&[bad]).is_err(), "{bad:?}");
         }
         assert!(Trusted::parse::<&str>(&[]).unwrap().is_empty());
+        assert_eq!(t.to_string(), "10.77.0.0/24, 192.0.2.7/32, fd00::/8");
     }
 
     #[test]
@@ -354,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn untrusted_peers_garbage_and_silence_are_refused() {
         let trusted = Trusted::parse(&["10.77.0.0/24"]).unwrap();
-        // A header from outside [proxy] from: refused before a byte is read.
+        // A header from outside the trusted networks: refused before a byte is read.
         let (mut client, mut server) = tokio::io::duplex(4096);
         client
             .write_all(&header("203.0.113.5:1", "10.77.0.1:443"))
@@ -365,7 +383,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ProxyError::Untrusted(p) if p == outsider), "{err}");
-        assert!(err.to_string().contains("not in [proxy] from"), "{err}");
+        assert!(err.to_string().contains("not a trusted balancer"), "{err}");
 
         // A TLS ClientHello where the header should be.
         let (mut client, mut server) = tokio::io::duplex(4096);

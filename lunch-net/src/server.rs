@@ -1,7 +1,9 @@
 //! The accept loop: one [`Server`] per listening socket, bounded by
 //! [`Limits::max_connections`] and, per client, by
 //! [`Limits::max_connections_per_client`], handing each connection to a
-//! worker (or its own runtime) and draining them on shutdown.
+//! worker (or its own runtime) and draining them on shutdown. Behind
+//! trusted load balancers ([`Server::with_proxy`]) the client of a
+//! connection is the one its PROXY header names.
 
 use std::future::Future;
 use std::io;
@@ -18,11 +20,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::clients::{Clients, Refusals};
+use crate::admission::Gate;
+use crate::clients::Clients;
 use crate::connection::{Connection, ConnectionTask};
 use crate::handler::Handler;
 use crate::limits::{Limits, Stats};
 use crate::probe::{Probe, Questions};
+use crate::proxy::Trusted;
 use crate::workers::Workers;
 
 /// One server on one listening socket: plain HTTP/1.1, or TLS with HTTP/2
@@ -38,6 +42,7 @@ pub struct Server<S> {
     probe: Probe,
     questions: Questions,
     connection_info: bool,
+    proxy: Trusted,
 }
 
 impl<S> std::fmt::Debug for Server<S> {
@@ -47,6 +52,7 @@ impl<S> std::fmt::Debug for Server<S> {
             .field("listener", &self.listener)
             .field("tls", &self.tls.is_some())
             .field("limits", &self.limits)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +97,7 @@ impl<S: Handler> Server<S> {
             probe,
             questions,
             connection_info: false,
+            proxy: Trusted::default(),
         })
     }
 
@@ -105,6 +112,23 @@ impl<S: Handler> Server<S> {
     /// access log. Off by default: it costs an allocation per request.
     pub fn with_connection_info(mut self) -> Server<S> {
         self.connection_info = true;
+        self
+    }
+
+    /// Expects every connection to come from a load balancer in `trusted`
+    /// and to start with a PROXY v2 header, read within
+    /// [`Limits::handshake_timeout`] (which then covers header and TLS
+    /// handshake together). The client the header names is the
+    /// connection's client everywhere: for
+    /// [`Limits::max_connections_per_client`], in
+    /// [`ConnectionInfo`](crate::ConnectionInfo) and in log lines; a LOCAL
+    /// header (a health check) leaves the balancer as the client. A
+    /// connection from elsewhere, or with a missing, malformed or late
+    /// header, is closed before TLS and counted in
+    /// [`Stats::refused_proxy`]. Empty (the default): no header is read,
+    /// and one sent is garbage like any other.
+    pub fn with_proxy(mut self, trusted: Trusted) -> Server<S> {
+        self.proxy = trusted;
         self
     }
 
@@ -144,6 +168,7 @@ impl<S: Handler> Server<S> {
             probe,
             mut questions,
             connection_info,
+            proxy,
         } = self;
         // Once every probe handed out is gone, no question can come.
         drop(probe);
@@ -151,11 +176,12 @@ impl<S: Handler> Server<S> {
         conn.connection_info = connection_info;
         let conn = Arc::new(conn);
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        let clients = Arc::new(Clients::new(
-            limits.max_connections_per_client,
-            limits.client_ipv6_prefix,
+        let gate = Arc::new(Gate::new(
+            name,
+            Clients::new(limits.max_connections_per_client, limits.client_ipv6_prefix),
+            proxy,
+            Arc::clone(&stats),
         ));
-        let mut refusals = Refusals::default();
         let graceful = GracefulShutdown::new();
         let (stopping_tx, stopping) = watch::channel(false);
         let mut shutdown = pin!(shutdown);
@@ -175,19 +201,9 @@ impl<S: Handler> Server<S> {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
                         // Before any TLS work, and without taking the
                         // connection slot: a refusal costs a lookup and a
-                        // close.
-                        let Some(client) = clients.admit(peer.ip()) else {
-                            stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                        // close (counted and reported by the gate).
+                        let Some(client) = gate.at_accept(peer) else {
                             drop(stream);
-                            if let Some(refused) = refusals.refused(tokio::time::Instant::now()) {
-                                tracing::warn!(
-                                    server = name,
-                                    refused,
-                                    latest = %peer.ip(),
-                                    limit = limits.max_connections_per_client,
-                                    "closed connections from clients that already hold the per-client connection limit"
-                                );
-                            }
                             continue;
                         };
                         let task = ConnectionTask {
@@ -287,14 +303,7 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     ) {
-        let server = Server::plain(listener(), redirector(), limits).unwrap();
-        let addr = server.local_addr().unwrap();
-        let stats = server.stats();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        (addr, stats, stop, running)
+        spawn(Server::plain(listener(), redirector(), limits).unwrap())
     }
 
     #[tokio::test]
@@ -378,6 +387,201 @@ mod tests {
         .await
         .unwrap();
         assert!(response.starts_with("HTTP/1.1 301 "), "{response}");
+        stop.send(()).unwrap();
+        running.await.unwrap();
+    }
+
+    /// A handler that answers with the client's address as the server
+    /// gives it in [`ConnectionInfo`](crate::ConnectionInfo).
+    fn echo_client() -> impl Handler {
+        use http_body_util::Full;
+        use hyper::body::{Bytes, Incoming};
+        hyper::service::service_fn(|request: hyper::Request<Incoming>| async move {
+            let peer = request
+                .extensions()
+                .get::<crate::ConnectionInfo>()
+                .map_or_else(|| "none".to_owned(), |info| info.peer.to_string());
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(peer))))
+        })
+    }
+
+    fn v2_header(source: &str) -> Vec<u8> {
+        use ppp::v2;
+        let source: SocketAddr = source.parse().unwrap();
+        let destination: SocketAddr = if source.is_ipv4() {
+            "10.77.0.1:443".parse().unwrap()
+        } else {
+            "[2001:db8::1]:443".parse().unwrap()
+        };
+        let addresses: v2::Addresses = (source, destination).into();
+        v2::Builder::with_addresses(v2::Version::Two | v2::Command::Proxy, v2::Protocol::Stream, addresses)
+            .build()
+            .unwrap()
+    }
+
+    /// Runs `server` until `stop` is sent.
+    fn spawn<S: Handler>(
+        server: Server<S>,
+    ) -> (
+        SocketAddr,
+        Arc<Stats>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let addr = server.local_addr().unwrap();
+        let stats = server.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        (addr, stats, stop, running)
+    }
+
+    /// Whether the server closed `stream` without a byte of answer.
+    async fn closed_unanswered(stream: &mut TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let read = timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+            .await
+            .expect("the server left the connection open");
+        read.is_err() || buf.is_empty()
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_proxy_header_from_outside_the_trusted_networks_is_refused() {
+        let server = Server::plain(listener(), echo_client(), Limits::default())
+            .unwrap()
+            .with_proxy(Trusted::parse(&["127.0.0.9/32"]).unwrap());
+        let (addr, stats, stop, running) = spawn(server);
+        let mut outsider = connect_from([127, 0, 0, 2], addr).await;
+        let mut bytes = v2_header("203.0.113.5:51234");
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n");
+        outsider.write_all(&bytes).await.unwrap();
+        assert!(closed_unanswered(&mut outsider).await);
+        assert_eq!(count(&stats.refused_proxy), 1);
+        assert_eq!(count(&stats.accepted), 1);
+        // From the trusted address, a request without the header is
+        // refused too, and one with it is served.
+        let mut bare = connect_from([127, 0, 0, 9], addr).await;
+        bare.write_all(b"GET / HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(closed_unanswered(&mut bare).await);
+        assert_eq!(count(&stats.refused_proxy), 2);
+        let mut proxied = connect_from([127, 0, 0, 9], addr).await;
+        proxied.write_all(&bytes).await.unwrap();
+        let mut response = String::new();
+        proxied.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+        assert_eq!(count(&stats.refused_proxy), 2);
+        assert_eq!(count(&stats.refused_per_client), 0);
+        stop.send(()).unwrap();
+        running.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn behind_a_balancer_the_header_names_the_client_for_the_limit_and_the_handler() {
+        let limits = Limits {
+            max_connections: 8,
+            max_connections_per_client: 1,
+            ..Limits::default()
+        };
+        let server = Server::plain(listener(), echo_client(), limits)
+            .unwrap()
+            .with_proxy(Trusted::parse(&["127.0.0.2/32"]).unwrap())
+            .with_connection_info();
+        let (addr, stats, stop, running) = spawn(server);
+        // The first client's connection is served, and stays open.
+        let mut first = connect_from([127, 0, 0, 2], addr).await;
+        let mut bytes = v2_header("203.0.113.5:51234");
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: lunch.test\r\n\r\n");
+        first.write_all(&bytes).await.unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = timeout(Duration::from_secs(10), first.read(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let response = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+        assert!(response.ends_with("\r\n\r\n203.0.113.5:51234"), "{response}");
+        // A second connection of that client, through the same balancer, is
+        // over its limit of one...
+        let mut again = connect_from([127, 0, 0, 2], addr).await;
+        again.write_all(&v2_header("203.0.113.5:51235")).await.unwrap();
+        assert!(closed_unanswered(&mut again).await);
+        assert_eq!(count(&stats.refused_per_client), 1);
+        // ...while another client through it is served: the balancer's own
+        // address is not one client.
+        let mut other = connect_from([127, 0, 0, 2], addr).await;
+        let mut bytes = v2_header("[2001:db8::7]:4000");
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n");
+        other.write_all(&bytes).await.unwrap();
+        let mut response = String::new();
+        other.read_to_string(&mut response).await.unwrap();
+        assert!(response.ends_with("\r\n\r\n[2001:db8::7]:4000"), "{response}");
+        assert_eq!(count(&stats.refused_per_client), 1);
+        assert_eq!(count(&stats.refused_proxy), 0);
+        drop(first);
+        stop.send(()).unwrap();
+        running.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn on_tls_the_header_comes_first_and_a_late_or_broken_one_is_closed_by_the_deadline() {
+        let (acceptor, client_config) = crate::testing::tls_pair(&[]);
+        let tls = acceptor.config().clone();
+        let limits = Limits {
+            handshake_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let server = Server::tls(listener(), tls.clone(), echo_client(), limits.clone())
+            .unwrap()
+            .with_proxy(Trusted::parse(&["127.0.0.0/8"]).unwrap())
+            .with_connection_info();
+        let (addr, stats, stop, running) = spawn(server);
+        // A header, then the TLS handshake: the request sees the client.
+        let mut tcp = connect_from([127, 0, 0, 3], addr).await;
+        tcp.write_all(&v2_header("198.51.100.20:6000")).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config.clone());
+        let name = rustls::pki_types::ServerName::try_from("lunch.test").unwrap();
+        let mut tls_stream = connector.connect(name.clone(), tcp).await.unwrap();
+        tls_stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: lunch.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        let _ = tls_stream.read_to_string(&mut response).await;
+        assert!(response.ends_with("\r\n\r\n198.51.100.20:6000"), "{response}");
+        // Half a header, then silence: closed at the handshake deadline.
+        let mut slow = connect_from([127, 0, 0, 3], addr).await;
+        slow.write_all(&v2_header("198.51.100.20:6001")[..10]).await.unwrap();
+        assert!(closed_unanswered(&mut slow).await);
+        // A ClientHello where the header belongs: closed at once.
+        let mut hello = connect_from([127, 0, 0, 3], addr).await;
+        hello
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        assert!(closed_unanswered(&mut hello).await);
+        assert_eq!(count(&stats.refused_proxy), 2);
+        assert_eq!(count(&stats.handshake_failures), 0);
+        assert_eq!(count(&stats.handshakes_full), 1);
+        stop.send(()).unwrap();
+        running.await.unwrap();
+
+        // Without trusted balancers a PROXY header is garbage, as before:
+        // it does not start like a ClientHello, so the sniff takes it for
+        // plain HTTP.
+        let server = Server::tls(listener(), tls, echo_client(), limits).unwrap();
+        let (addr, stats, stop, running) = spawn(server);
+        let mut tcp = connect_from([127, 0, 0, 3], addr).await;
+        tcp.write_all(&v2_header("198.51.100.20:6002")).await.unwrap();
+        assert!(connector.connect(name, tcp).await.is_err());
+        assert_eq!(count(&stats.plaintext_on_tls) + count(&stats.handshake_failures), 1);
+        assert_eq!(count(&stats.refused_proxy), 0);
         stop.send(()).unwrap();
         running.await.unwrap();
     }

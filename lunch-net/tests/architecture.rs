@@ -116,6 +116,11 @@ fn config_names() -> (BTreeSet<String>, BTreeSet<(String, String)>) {
     let mut keys = BTreeSet::new();
     let mut section = String::new();
     for line in text.lines().map(str::trim) {
+        // A section shown commented out, as `#[proxy]`, is a section too.
+        let line = match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with('[') => rest,
+            _ => line,
+        };
         if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
             section = name.to_owned();
             sections.insert(section.clone());

@@ -183,7 +183,7 @@ impl AccessLog {
 
     /// Adds `record`; counts it as dropped when the writer is far behind.
     pub fn log(&self, record: &Record<'_>) {
-        let shard = crate::metrics::shard() % SHARDS;
+        let shard = crate::metrics::shard().index % SHARDS;
         let mut buffer = lock(&self.shared.shards[shard]);
         if buffer.len() < SHARD_BYTES {
             format_into(&mut buffer, record);

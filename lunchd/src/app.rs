@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -34,6 +35,23 @@ pub struct Lunch {
 /// Shared, reloadable application state.
 pub type SharedLunch = Arc<ArcSwap<Lunch>>;
 
+/// What `/healthz` says: `ok`, or 503 once the process, behind a load
+/// balancer, starts to stop, so that the balancer's health check takes the
+/// node out of rotation while it still serves (docs/scale-out.md).
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Health {
+    /// From now on `/healthz` answers 503.
+    pub fn stopping(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The Content-Security-Policy of every response: nothing may load but the
 /// page's own inline style, pinned by the SHA-256 of `page::STYLE` (a test
 /// recomputes it), and its `data:` icon; no script runs, no form posts, no
@@ -46,29 +64,33 @@ const CSP: &str = concat!(
 
 /// The HTTPS application: the routes, with the security headers (and
 /// `Strict-Transport-Security: max-age=<hsts_max_age>` unless it is 0) on
-/// every response.
+/// every response; `/healthz` as `health` says.
 ///
 /// The headers are added by one function around the whole router, not by
 /// `Router::layer`, which wraps every route on its own and so costs a boxed
 /// service clone and a boxed future per request for each layer.
-pub fn app(lunch: SharedLunch, hsts_max_age: u64) -> MapResponse<Router, impl FnOnce(Response) -> Response + Clone> {
+pub fn app(
+    lunch: SharedLunch,
+    hsts_max_age: u64,
+    health: Health,
+) -> MapResponse<Router, impl FnOnce(Response) -> Response + Clone> {
     let hsts = (hsts_max_age > 0).then(|| {
         HeaderValue::from_str(&format!("max-age={hsts_max_age}"))
             .unwrap_or_else(|_| unreachable!("digits are a valid header value"))
     });
-    MapResponse::new(router(lunch), move |mut response: Response| {
+    MapResponse::new(router(lunch, health), move |mut response: Response| {
         security_headers(response.headers_mut(), hsts.as_ref());
         response
     })
 }
 
-fn router(lunch: SharedLunch) -> Router {
+fn router(lunch: SharedLunch, health: Health) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/today", get(today))
         .route("/api/lunch", get(api_lunch))
         .route("/api/today", get(api_today))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(move || healthz(health.is_stopping())))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(lunch)
@@ -407,9 +429,15 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     (status, [NO_STORE], axum::Json(ErrorBody { error: message })).into_response()
 }
 
-/// `GET /healthz`: the process answers. Static, so it allocates nothing.
-async fn healthz() -> impl IntoResponse {
+/// `GET /healthz`: the process answers, and is not stopping. Static, so
+/// it allocates nothing.
+async fn healthz(stopping: bool) -> impl IntoResponse {
+    let (status, body) = match stopping {
+        false => (StatusCode::OK, "ok\n"),
+        true => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+    };
     (
+        status,
         [
             NO_STORE,
             (
@@ -417,7 +445,7 @@ async fn healthz() -> impl IntoResponse {
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             ),
         ],
-        "ok\n",
+        body,
     )
 }
 
@@ -486,7 +514,7 @@ mod tests {
             picker: Picker::new(menu, Mode::Weighted, "test"),
             utc_offset_minutes: 0,
         };
-        super::app(Arc::new(ArcSwap::from_pointee(lunch)), 31_536_000)
+        super::app(Arc::new(ArcSwap::from_pointee(lunch)), 31_536_000, Health::default())
     }
 
     fn app() -> impl tower::Service<Request<Body>, Response = Response, Error = Infallible> {
@@ -517,10 +545,10 @@ mod tests {
                 utc_offset_minutes: 0,
             }))
         };
-        let (_, headers, _) = send(super::app(lunch(), 600), Method::GET, "/nope", &[]).await;
+        let (_, headers, _) = send(super::app(lunch(), 600, Health::default()), Method::GET, "/nope", &[]).await;
         assert_eq!(headers[header::STRICT_TRANSPORT_SECURITY], "max-age=600");
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        let (_, headers, _) = send(super::app(lunch(), 0), Method::GET, "/healthz", &[]).await;
+        let (_, headers, _) = send(super::app(lunch(), 0, Health::default()), Method::GET, "/healthz", &[]).await;
         assert!(!headers.contains_key(header::STRICT_TRANSPORT_SECURITY), "{headers:?}");
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
@@ -767,6 +795,24 @@ mod tests {
         assert_eq!(body, "");
         let (status, _, body) = send(app(), Method::GET, "/healthz", &[]).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_the_process_stops_and_the_rest_is_served() {
+        let lunch = Arc::new(ArcSwap::from_pointee(Lunch {
+            picker: Picker::new(Menu::builtin(), Mode::Weighted, "test"),
+            utc_offset_minutes: 0,
+        }));
+        let health = Health::default();
+        let app = super::app(lunch, 0, health.clone());
+        let (status, _, _) = send(app.clone(), Method::GET, "/healthz", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        health.stopping();
+        let (status, headers, body) = send(app.clone(), Method::GET, "/healthz", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"));
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        let (status, _, _) = send(app, Method::GET, "/api/today", &[]).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use lunch_core::{DishSpec, Menu, Mode};
 use lunch_net::Limits;
+use lunch_net::proxy::Trusted;
 use serde_path_to_error::Segment;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -223,6 +224,19 @@ pub mod raw {
         pub limits: Limits,
         #[serde(default)]
         pub log: Log,
+        pub proxy: Option<Spanned<Proxy>>,
+    }
+
+    /// `[proxy]`: the load balancers that send PROXY v2 headers. `from`
+    /// is required, which [`Config::from_raw`] checks so that the error
+    /// can point at this table.
+    ///
+    /// [`Config::from_raw`]: super::Config::from_raw
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Proxy {
+        pub from: Option<Spanned<Vec<Spanned<String>>>>,
+        pub drain_delay: Option<Spanned<u64>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -370,6 +384,12 @@ pub struct Config {
     pub access_log: bool,
     /// Whether access log lines keep the query string.
     pub access_query: bool,
+    /// The load balancers whose connections start with a PROXY v2 header
+    /// (`[proxy] from`); empty when `[proxy]` is absent.
+    pub proxy_from: Trusted,
+    /// How long `/healthz` fails at stop before the servers stop accepting
+    /// (`[proxy] drain_delay`); zero when `[proxy]` is absent.
+    pub drain_delay: Duration,
 }
 
 impl Default for Config {
@@ -713,6 +733,9 @@ impl Config {
                 );
             }
         }
+        let (proxy_from, drain_delay) = raw.proxy.map_or((Trusted::default(), Duration::ZERO), |proxy| {
+            proxy_config(proxy, report)
+        });
         let log_level = match raw.log.level {
             None => "info".to_owned(),
             Some(level) => {
@@ -748,8 +771,78 @@ impl Config {
             log_level,
             access_log: raw.log.access.unwrap_or(false),
             access_query: raw.log.access_query.unwrap_or(false),
+            proxy_from,
+            drain_delay,
         }
     }
+}
+
+/// The default of `[proxy] drain_delay`, in seconds: what HAProxy's
+/// checks in docs/scale-out.md need to take a node out (`inter 500ms
+/// fall 2`: two failed checks, a second and a check's time), three times
+/// over: with 2 s a restarted node sometimes stayed in the rotation in
+/// the cluster run on a busy machine, whose checks fell behind.
+pub const DRAIN_DELAY_DEFAULT: u64 = 3;
+/// The largest `[proxy] drain_delay`, in seconds.
+pub const DRAIN_DELAY_MAX: u64 = 60;
+
+/// `[proxy]`: the networks of `from`, each entry checked on its own so
+/// that every bad one is reported at its place, and the drain delay.
+fn proxy_config(proxy: Spanned<raw::Proxy>, report: &mut dyn FnMut(&str, Range<usize>, String)) -> (Trusted, Duration) {
+    let table = proxy.span();
+    let proxy = proxy.into_inner();
+    let drain_delay = match proxy.drain_delay {
+        None => DRAIN_DELAY_DEFAULT,
+        Some(delay) if *delay.get_ref() <= DRAIN_DELAY_MAX => *delay.get_ref(),
+        Some(delay) => {
+            report(
+                "proxy.drain_delay",
+                delay.span(),
+                format!(
+                    "{} is out of range; use 0 to {DRAIN_DELAY_MAX} seconds",
+                    delay.get_ref()
+                ),
+            );
+            DRAIN_DELAY_DEFAULT
+        }
+    };
+    (proxy_from(proxy.from, table, report), Duration::from_secs(drain_delay))
+}
+
+fn proxy_from(
+    from: Option<Spanned<Vec<Spanned<String>>>>,
+    table: Range<usize>,
+    report: &mut dyn FnMut(&str, Range<usize>, String),
+) -> Trusted {
+    let Some(from) = from else {
+        report(
+            "proxy.from",
+            table,
+            "missing field `from`; list the load balancers' addresses, such as [\"10.0.0.1/32\"], or remove [proxy] \
+             when clients connect directly"
+                .into(),
+        );
+        return Trusted::default();
+    };
+    let (list, entries) = (from.span(), from.into_inner());
+    if entries.is_empty() {
+        report(
+            "proxy.from",
+            list,
+            "an empty list trusts no load balancer and would refuse every connection; list the balancers' \
+             addresses, or remove [proxy] when clients connect directly"
+                .into(),
+        );
+        return Trusted::default();
+    }
+    let mut good = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        match Trusted::parse(&[entry.get_ref()]) {
+            Ok(_) => good.push(entry.get_ref().as_str()),
+            Err(e) => report(&format!("proxy.from[{}]", i + 1), entry.span(), e.to_string()),
+        }
+    }
+    Trusted::parse(&good).unwrap_or_else(|_| unreachable!("every entry parsed on its own"))
 }
 
 /// The menu of the `[[dish]]` tables, or the built-in one after reporting
@@ -902,7 +995,7 @@ mod tests {
             (
                 "zzz = 1\n",
                 &[
-                    "/etc/lunchd/lunchd.toml:1:1: `zzz`: unknown field `zzz`, expected one of `picker`, `dish`, `http`, `https`, `limits`, `log`",
+                    "/etc/lunchd/lunchd.toml:1:1: `zzz`: unknown field `zzz`, expected one of `picker`, `dish`, `http`, `https`, `limits`, `log`, `proxy`",
                 ],
             ),
             (
@@ -969,12 +1062,62 @@ mod tests {
                     "/etc/lunchd/lunchd.toml:2:39: `http.allowed_hosts[2]`: `bad host` is not a host name, wildcard or IP address",
                 ],
             ),
+            // [proxy]: each bad network at its element, a missing or empty
+            // list at its table or value.
+            (
+                "[proxy]\nfrom = [\"10.77.0.1/32\", \"10.77.0.0/33\", \"haproxy\"]\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:2:25: `proxy.from[2]`: `10.77.0.0/33` is not an address or a network (ADDR/PREFIX, e.g. 10.0.0.1/32 or fd00::/64)",
+                    "/etc/lunchd/lunchd.toml:2:41: `proxy.from[3]`: `haproxy` is not an address or a network (ADDR/PREFIX, e.g. 10.0.0.1/32 or fd00::/64)",
+                ],
+            ),
+            (
+                "[log]\nlevel = \"info\"\n\n[proxy]\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:4:1: `proxy.from`: missing field `from`; list the load balancers' addresses, such as [\"10.0.0.1/32\"], or remove [proxy] when clients connect directly",
+                ],
+            ),
+            (
+                "[proxy]\nfrom = [\"10.77.0.1\"]\ndrain_delay = 61\n",
+                &["/etc/lunchd/lunchd.toml:3:15: `proxy.drain_delay`: 61 is out of range; use 0 to 60 seconds"],
+            ),
+            (
+                "[proxy]\nfrom = []\n",
+                &[
+                    "/etc/lunchd/lunchd.toml:2:8: `proxy.from`: an empty list trusts no load balancer and would refuse every connection; list the balancers' addresses, or remove [proxy] when clients connect directly",
+                ],
+            ),
+            (
+                "[proxy]\nfrom = \"10.77.0.1\"\n",
+                // Then missing, as a dish's `name` of the wrong type is.
+                &[
+                    "/etc/lunchd/lunchd.toml:2:8: `proxy.from`: invalid type: string \"10.77.0.1\", expected a sequence",
+                    "/etc/lunchd/lunchd.toml:1:1: `proxy.from`: missing field `from`; list the load balancers' addresses, such as [\"10.0.0.1/32\"], or remove [proxy] when clients connect directly",
+                ],
+            ),
             // A syntax error has a position but no key.
             ("a = 1\na = 2\n", &["/etc/lunchd/lunchd.toml:2:1: duplicate key"]),
         ];
         for (source, expected) in cases {
             check(source, expected);
         }
+    }
+
+    #[test]
+    fn proxy_lists_the_balancers_and_is_off_without_it() {
+        assert!(parse("", Path::new("x.toml")).unwrap().proxy_from.is_empty());
+        let config = parse("[proxy]\nfrom = [\"10.77.0.1\", \"fd00::/64\"]\n", Path::new("x.toml")).unwrap();
+        assert_eq!(config.proxy_from.to_string(), "10.77.0.1/32, fd00::/64");
+        assert!(config.proxy_from.contains("fd00::5".parse().unwrap()));
+        assert!(!config.proxy_from.contains("10.77.0.2".parse().unwrap()));
+        assert_eq!(config.drain_delay, Duration::from_secs(DRAIN_DELAY_DEFAULT));
+        assert_eq!(parse("", Path::new("x.toml")).unwrap().drain_delay, Duration::ZERO);
+        let config = parse(
+            "[proxy]\nfrom = [\"10.77.0.1\"]\ndrain_delay = 0\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.drain_delay, Duration::ZERO);
     }
 
     #[test]
@@ -1011,7 +1154,12 @@ mod tests {
             .split_once("expected one of ")
             .or_else(|| message.split_once("expected "))
             .map_or(message.as_str(), |(_, rest)| rest);
-        expected.split(", ").map(|k| k.trim_matches('`').to_owned()).collect()
+        // serde says "`a` or `b`" of two keys, "one of `a`, `b`, `c`" of more.
+        expected
+            .split(", ")
+            .flat_map(|k| k.split(" or "))
+            .map(|k| k.trim_matches('`').to_owned())
+            .collect()
     }
 
     #[test]
@@ -1027,6 +1175,7 @@ mod tests {
             "[https]",
             "[limits]",
             "[log]",
+            "[proxy]",
         ] {
             let keys = match section {
                 "[limits]" => LIMITS.iter().map(|spec| spec.key.to_owned()).collect(),

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tower::util::MapResponse;
 
 use crate::access::AccessLog;
-use crate::app::{self, Lunch, SharedLunch};
+use crate::app::{self, Health, Lunch, SharedLunch};
 use crate::certwatch::{self, Occasion, Watch};
 use crate::config::{self, Config};
 use crate::metrics::{self, Metrics};
@@ -166,7 +166,8 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
     });
     let counted = |name| metrics.as_ref().and_then(|m| m.server(name));
 
-    let app = app::app(Arc::clone(&lunch), config.hsts_max_age);
+    let health = Health::default();
+    let app = app::app(Arc::clone(&lunch), config.hsts_max_age, health.clone());
     let quic_local = quic
         .as_ref()
         .map(UdpSocket::local_addr)
@@ -190,13 +191,22 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         config.limits.clone(),
     )
     .context("starting the https server")?
-    .with_workers(workers.clone());
+    .with_workers(workers.clone())
+    .with_proxy(config.proxy_from.clone());
     let tls_server = observe::server(tls_server, "https", metrics.as_deref(), access.is_some());
     let mut probes: Vec<Probe> = workers.probes();
     probes.push(tls_server.probe());
     let how = if activated { "socket from systemd" } else { "bound" };
     let mut listeners = format!("https on {https_local}");
     tracing::info!("serving https://{}/ ({how})", url_host(&https_local, &store));
+
+    if !config.proxy_from.is_empty() {
+        tracing::info!(
+            "behind load balancers: https and http connections must come from {} ([proxy] from) and start \
+             with a PROXY v2 header",
+            config.proxy_from
+        );
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tls_server.run(stopped(stop_rx.clone())));
@@ -240,7 +250,8 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
                 config.limits.clone(),
             )
             .context("starting the http server")?
-            .with_workers(workers.clone());
+            .with_workers(workers.clone())
+            .with_proxy(config.proxy_from.clone());
             let server = observe::server(server, "http", metrics.as_deref(), access.is_some());
             probes.push(server.probe());
             listeners.push_str(&format!(", http redirect on {local}"));
@@ -295,14 +306,33 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("stopping: finishing in-flight requests");
     // The drain stops the accept loops; the service manager stops watching
     // once it sees STOPPING=1.
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
     certificate_watch.abort();
-    notify::stopping(config.limits.drain_timeout);
+    notify::stopping(config.drain_delay + config.limits.drain_timeout);
+    if !config.proxy_from.is_empty() {
+        // Only behind a balancer: a client asking /healthz on a
+        // connection that is being drained gets its usual answer.
+        health.stopping();
+    }
+    if !config.drain_delay.is_zero() {
+        // Behind a balancer: its health check sees the 503 and takes this
+        // node out while it still serves, so no new connection meets a
+        // closed listener. A second signal cuts the wait short.
+        tracing::info!(
+            "stopping: /healthz fails for {:?} ([proxy] drain_delay) before the servers stop accepting",
+            config.drain_delay
+        );
+        tokio::select! {
+            () = tokio::time::sleep(config.drain_delay) => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    }
+    tracing::info!("stopping: finishing in-flight requests");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     if let Some(access) = &daemon.access {
@@ -367,7 +397,7 @@ impl Daemon {
                     config.https_port.unwrap_or(self.https_port),
                 )));
                 tracing::info!(
-                    "reloaded; listener addresses, http.redirect, https.hsts_max_age and [limits] take effect on restart"
+                    "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits] and [proxy] take effect on restart"
                 );
                 self.status.reloaded(Reload::Ok {
                     at: certwatch::unix_now(),

@@ -3,7 +3,9 @@
 //!
 //! Counters on the request path (fed by [`crate::observe`]) are sharded per thread: each thread adds
 //! to cells of its own, padded apart, so the worker threads never write to
-//! one cache line; a scrape adds the shards up. Everything else (reloads,
+//! one cache line, and a thread that owns its shard adds with a plain load
+//! and store instead of a locked read-modify-write; a scrape adds the
+//! shards up. Everything else (reloads,
 //! the certificate, connection counts) is read when scraped, from where it
 //! is kept anyway.
 //!
@@ -29,9 +31,13 @@ use crate::access::AccessLog;
 use crate::certwatch;
 use crate::status::Status;
 
-/// How many shards each sharded counter has: threads beyond this many
-/// share shards (still correct, merely contended).
+/// How many shards each sharded counter has: the first `SHARDS - 1`
+/// threads to count own one each; any beyond share [`SHARED`] (still
+/// correct, merely contended).
 const SHARDS: usize = 64;
+
+/// The shard that threads share once every other one is taken.
+const SHARED: Shard = Shard { index: 0, owned: false };
 
 /// Counters per [`Line`].
 const LINE: usize = 16;
@@ -43,11 +49,23 @@ const LINE: usize = 16;
 #[repr(align(128))]
 struct Line([AtomicU64; LINE]);
 
+/// A thread's place in the sharded counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) index: usize,
+    /// Whether no other thread ever writes to it: shards are never handed
+    /// out twice, even after their thread has ended.
+    owned: bool,
+}
+
 /// The shard of the calling thread, given out in turn on first use.
-pub(crate) fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+pub(crate) fn shard() -> Shard {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        static SHARD: Shard = match NEXT.fetch_add(1, Ordering::Relaxed) {
+            index if index < SHARDS => Shard { index, owned: true },
+            _ => SHARED,
+        };
     }
     SHARD.with(|s| *s)
 }
@@ -71,8 +89,14 @@ impl Sharded {
         &self.lines[self.stride * shard + cell / LINE].0[cell % LINE]
     }
 
-    fn add(&self, shard: usize, cell: usize, value: u64) {
-        self.cell(shard, cell).fetch_add(value, Ordering::Relaxed);
+    fn add(&self, shard: Shard, cell: usize, value: u64) {
+        let cell = self.cell(shard.index, cell);
+        if shard.owned {
+            // The only writer: a scrape reads the old value or the new.
+            cell.store(cell.load(Ordering::Relaxed).wrapping_add(value), Ordering::Relaxed);
+        } else {
+            cell.fetch_add(value, Ordering::Relaxed);
+        }
     }
 
     fn sum(&self, cell: usize) -> u64 {
@@ -199,7 +223,7 @@ pub const FAMILIES: &[Family] = &[
         name: "lunchd_connections_refused_total",
         kind: "counter",
         labels: "server, reason",
-        help: "Connections closed at once after accept, by reason: per_client (the client already held [limits] max_connections_per_client), or limit (server quic only: [limits] max_connections were open).",
+        help: "Connections closed before TLS or HTTP, by reason: per_client (the client already held [limits] max_connections_per_client), proxy (with [proxy] set: from outside [proxy] from, or without a valid PROXY v2 header within [limits] handshake_timeout), or limit (server quic only: [limits] max_connections were open).",
     },
     Family {
         name: "lunchd_connections_retried_total",
@@ -380,11 +404,18 @@ impl Metrics {
                         "lunchd_connections_open" => stats.active.load(Ordering::Relaxed) as u64,
                         "lunchd_connection_limit_reached_total" => stats.limit_reached.load(Ordering::Relaxed),
                         _ => {
-                            let (reason, value) = match (*server, quic.as_ref()) {
-                                (QUIC, Some(quic)) => ("limit", quic.refused.load(Ordering::Relaxed)),
-                                _ => ("per_client", stats.refused_per_client.load(Ordering::Relaxed)),
-                            };
-                            sample(out, name, &format!("server=\"{server}\",reason=\"{reason}\""), value);
+                            if let (QUIC, Some(quic)) = (*server, quic.as_ref()) {
+                                let labels = format!("server=\"{server}\",reason=\"limit\"");
+                                sample(out, name, &labels, quic.refused.load(Ordering::Relaxed));
+                                continue;
+                            }
+                            for (reason, counter) in [
+                                ("per_client", &stats.refused_per_client),
+                                ("proxy", &stats.refused_proxy),
+                            ] {
+                                let labels = format!("server=\"{server}\",reason=\"{reason}\"");
+                                sample(out, name, &labels, counter.load(Ordering::Relaxed));
+                            }
                             continue;
                         }
                     };
@@ -711,12 +742,47 @@ mod tests {
         );
         assert_eq!(b - a, 128);
         assert_eq!(a % 128, 0);
-        sharded.add(0, 2, 5);
-        sharded.add(SHARDS - 1, 2, 7);
-        sharded.add(1, 0, 1);
+        let owned = |index| Shard { index, owned: true };
+        sharded.add(SHARED, 2, 5);
+        sharded.add(owned(SHARDS - 1), 2, 7);
+        sharded.add(owned(1), 0, 1);
         assert_eq!(sharded.sum(2), 12);
         assert_eq!(sharded.sum(0), 1);
         assert_eq!(sharded.sum(1), 0);
+    }
+
+    /// More threads than shards: each owned shard has one thread, the
+    /// rest share one with atomic adds, and no count is lost.
+    #[test]
+    fn threads_beyond_the_shards_share_one_and_lose_nothing() {
+        let sharded = Arc::new(Sharded::new(1));
+        let threads = 2 * SHARDS;
+        let start = Arc::new(std::sync::Barrier::new(threads));
+        let shards: Vec<Shard> = (0..threads)
+            .map(|_| {
+                let (sharded, start) = (Arc::clone(&sharded), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    let shard = shard();
+                    start.wait();
+                    for _ in 0..10_000 {
+                        sharded.add(shard, 0, 1);
+                    }
+                    shard
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        assert_eq!(sharded.sum(0), 10_000 * threads as u64);
+        let mut owned: Vec<usize> = shards.iter().filter(|s| s.owned).map(|s| s.index).collect();
+        let count = owned.len();
+        owned.sort_unstable();
+        owned.dedup();
+        assert_eq!(owned.len(), count, "a shard was owned twice");
+        assert!(!owned.contains(&SHARED.index));
+        assert!(shards.iter().filter(|s| !s.owned).all(|s| *s == SHARED));
+        assert!(count < SHARDS && threads - count >= SHARDS, "{count} owned");
     }
 
     /// docs/metrics.md lists every metric, generated from [`FAMILIES`].

@@ -113,7 +113,8 @@ pub fn reloading() {
     }
 }
 
-/// The service stops; draining may take up to `drain`. systemd is asked
+/// The service stops; it may take up to `drain` (the drain delay and the
+/// drain deadline) before the last request has finished. systemd is asked
 /// to allow for that in case `TimeoutStopSec=` is shorter; it never
 /// shortens the timeout.
 pub fn stopping(drain: Duration) {

@@ -5,9 +5,8 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use support::{Lunchd, Start, TestCa, TlsConnection, write_leaf};
+use support::{Lunchd, Start, TestCa, TlsConnection, lines, write_leaf};
 
 /// lunchd serving lunch.test with `[log]` set to `log`, and the CA that
 /// issued its certificate.
@@ -21,20 +20,6 @@ fn start(dir: &Path, log: &str, logs: &Path) -> (Lunchd, TestCa) {
         .env
         .push(("LOGS_DIRECTORY".to_owned(), logs.display().to_string()));
     (Lunchd::start(start), ca)
-}
-
-/// The lines of `path` once there are `count`, or what there is after a
-/// while.
-fn lines(path: &Path, count: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= count || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

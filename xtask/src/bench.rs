@@ -47,6 +47,12 @@ pub(crate) struct Args {
     /// against the default lunchd.
     #[arg(long = "with", value_enum, value_name = "FEATURE")]
     features: Vec<Feature>,
+    /// Measure every server this many times per test, in an order that
+    /// rotates each round; tables show the median of the rounds, and a
+    /// feature's cost is the median of its per-round costs, with their
+    /// range.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=20))]
+    rounds: u16,
     /// Use this lunchd binary instead of building one with `cargo build
     /// --release`.
     #[arg(long, value_name = "PATH")]
@@ -76,6 +82,8 @@ enum Against {
 struct Run {
     server: &'static str,
     test: Test,
+    /// Counted from 1.
+    round: u16,
     url: String,
     outcome: Outcome,
     cpu_seconds: f64,
@@ -96,6 +104,7 @@ impl Run {
 #[derive(Debug, Default)]
 struct Report {
     duration: f64,
+    rounds: u16,
     runs: Vec<Run>,
     idle_rss_kib: Vec<(&'static str, u64)>,
     start_to_ready_ms: Vec<f64>,
@@ -151,6 +160,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 
     let mut report = Report {
         duration,
+        rounds: args.rounds,
         ..Report::default()
     };
     let lunchd = Lunchd::start(&binary, &cert, &scratch, &notify, None)?;
@@ -224,32 +234,42 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         if let Some(nginx) = &nginx {
             targets.push(("nginx", nginx.guard.pid(), url(test, nginx.http, nginx.https, false)));
         }
-        for (server, pid, url) in targets {
-            eprintln!("bench: {server}: {} for {duration} s: {url}", test.title());
-            // Warm-up: connections, session caches, allocator arenas.
-            load::run(test, &url, warm_up(duration), &scratch)
-                .with_context(|| format!("{server}: {} warm-up", test.id()))?;
-            let sampler = Sampler::start(pid);
-            let outcome =
-                load::run(test, &url, duration, &scratch).with_context(|| format!("{server}: {}", test.id()))?;
-            let usage = sampler.finish(ticks);
-            let run = Run {
-                server,
-                test,
-                url,
-                outcome,
-                cpu_seconds: usage.cpu_seconds,
-                wall_seconds: usage.wall_seconds,
-                peak_rss_kib: usage.peak_rss_kib,
-            };
-            eprintln!(
-                "bench:   {:.0} req/s, {:.2} µs server CPU per request, peak RSS {:.1} MiB, {} errors",
-                run.outcome.rps,
-                run.us_per_request(),
-                mib(run.peak_rss_kib),
-                run.outcome.errors
-            );
-            report.runs.push(run);
+        for round in 1..=args.rounds {
+            // Each round starts one server later: none is always first
+            // after the machine was idle, or always last.
+            let mut order = targets.clone();
+            order.rotate_left(usize::from(round - 1) % targets.len());
+            for (server, pid, url) in order {
+                eprintln!(
+                    "bench: {server}: {} for {duration} s, round {round}: {url}",
+                    test.title()
+                );
+                // Warm-up: connections, session caches, allocator arenas.
+                load::run(test, &url, warm_up(duration), &scratch)
+                    .with_context(|| format!("{server}: {} warm-up", test.id()))?;
+                let sampler = Sampler::start(pid);
+                let outcome =
+                    load::run(test, &url, duration, &scratch).with_context(|| format!("{server}: {}", test.id()))?;
+                let usage = sampler.finish(ticks);
+                let run = Run {
+                    server,
+                    test,
+                    round,
+                    url,
+                    outcome,
+                    cpu_seconds: usage.cpu_seconds,
+                    wall_seconds: usage.wall_seconds,
+                    peak_rss_kib: usage.peak_rss_kib,
+                };
+                eprintln!(
+                    "bench:   {:.0} req/s, {:.2} µs server CPU per request, peak RSS {:.1} MiB, {} errors",
+                    run.outcome.rps,
+                    run.us_per_request(),
+                    mib(run.peak_rss_kib),
+                    run.outcome.errors
+                );
+                report.runs.push(run);
+            }
         }
         if test == Test::Redirect {
             check_redirect("lunchd", lunchd.http, lunchd.https)?;
@@ -266,7 +286,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..if args.quick { 5 } else { 20 } {
         report.reload_ms.push(reload(&lunchd, &notify)?);
     }
-    report.reloads_under_load = Some(reloads_under_load(&lunchd, &notify, reloads, duration.max(2.0))?);
+    // One reload every 100 ms, in a load half as long again: a reload
+    // takes milliseconds, tens on a busy machine.
+    let seconds = duration.max(reloads as f64 * 0.15 + 1.0);
+    report.reloads_under_load = Some(reloads_under_load(&lunchd, &notify, reloads, seconds)?);
     drop(lunchd);
 
     // More starts, for a steadier start-to-ready figure.
@@ -422,14 +445,20 @@ fn reloads_under_load(
     eprintln!("bench: lunchd: {reloads} reloads during {seconds} s of keep-alive load");
     let scratch = PathBuf::new();
     let load = thread::spawn(move || load::run(Test::H1, &url, seconds, &scratch));
-    // Leave the first and last tenth of the run without reloads.
+    // Leave the first tenth of the run without reloads, and at least the
+    // last quarter.
     thread::sleep(Duration::from_secs_f64(seconds / 10.0));
-    let step = Duration::from_secs_f64(seconds * 0.8 / reloads as f64);
+    let step = Duration::from_secs_f64(seconds * 0.65 / reloads as f64);
     let mut reload_ms = Vec::with_capacity(reloads);
-    for _ in 0..reloads {
+    for done in 0..reloads {
         let began = Instant::now();
         reload_ms.push(reload(lunchd, notify)?);
-        anyhow::ensure!(!load.is_finished(), "the load ended before the reloads did");
+        anyhow::ensure!(
+            !load.is_finished(),
+            "the {seconds} s load ended after {} of {reloads} reloads (median {:.1} ms): the machine is too busy",
+            done + 1,
+            median(&reload_ms)
+        );
         thread::sleep(step.saturating_sub(began.elapsed()));
     }
     let outcome = load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
@@ -475,7 +504,13 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn median(values: &[f64]) -> f64 {
-    percentile(values, 0.5)
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn percentile(values: &[f64], q: f64) -> f64 {
@@ -488,8 +523,29 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 }
 
 impl Report {
-    fn find(&self, server: &str, test: Test) -> Option<&Run> {
-        self.runs.iter().find(|r| r.server == server && r.test == test)
+    fn of(&self, server: &str, test: Test) -> impl Iterator<Item = &Run> {
+        self.runs.iter().filter(move |r| r.server == server && r.test == test)
+    }
+
+    /// The median over the rounds of `server`'s CPU per request in `test`,
+    /// and of its requests per second.
+    fn median(&self, server: &str, test: Test) -> Option<(f64, f64)> {
+        let us: Vec<f64> = self.of(server, test).map(Run::us_per_request).collect();
+        let rps: Vec<f64> = self.of(server, test).map(|r| r.outcome.rps).collect();
+        (!us.is_empty()).then(|| (median(&us), median(&rps)))
+    }
+
+    /// `feature`'s cost in `test` against the default lunchd of the same
+    /// round: the median over the rounds, the lowest and the highest.
+    fn cost(&self, feature: &str, test: Test) -> Option<(f64, f64, f64)> {
+        let costs: Vec<f64> = self
+            .of(feature, test)
+            .filter_map(|with| {
+                let base = self.of("lunchd", test).find(|b| b.round == with.round)?;
+                Some(with.us_per_request() / base.us_per_request() - 1.0)
+            })
+            .collect();
+        (!costs.is_empty()).then(|| (median(&costs), percentile(&costs, 0.0), percentile(&costs, 1.0)))
     }
 
     fn peak_rss(&self, server: &str) -> Option<u64> {
@@ -506,19 +562,20 @@ impl Report {
         let _ = writeln!(
             md,
             "## Results\n\n{cpus} CPUs, client and server on the same cores; {} s per test after a warm-up; \
-             127.0.0.1 only.\n",
-            self.duration
+             127.0.0.1 only; {} round(s), each measuring every server once.\n",
+            self.duration, self.rounds
         );
         let _ = writeln!(
             md,
-            "| test | server | req/s | p50 | p99 | server CPU µs/req | peak RSS MiB | errors |\n|---|---|---:|---:|---:|---:|---:|---:|"
+            "| test | server | round | req/s | p50 | p99 | server CPU µs/req | peak RSS MiB | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for run in &self.runs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.1} | {} |",
+                "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.1} | {} |",
                 run.test.title(),
                 run.server,
+                run.round,
                 run.outcome.rps,
                 run.outcome.p50_ms,
                 run.outcome.p99_ms,
@@ -533,20 +590,22 @@ impl Report {
                 "\n### lunchd / nginx\n\n| test | lunchd µs/req | nginx µs/req | ratio | target | req/s ratio |\n|---|---:|---:|---:|---:|---:|"
             );
             for test in Test::ALL {
-                let (Some(l), Some(n)) = (self.find("lunchd", test), self.find("nginx", test)) else {
+                let (Some((l_us, l_rps)), Some((n_us, n_rps))) =
+                    (self.median("lunchd", test), self.median("nginx", test))
+                else {
                     continue;
                 };
-                let ratio = l.us_per_request() / n.us_per_request();
+                let ratio = l_us / n_us;
                 let _ = writeln!(
                     md,
                     "| {} | {:.2} | {:.2} | **{:.2}×** {} | ≤ {:.1}× | {:.2}× |",
                     test.title(),
-                    l.us_per_request(),
-                    n.us_per_request(),
+                    l_us,
+                    n_us,
                     ratio,
                     if ratio <= test.target_ratio() { "✓" } else { "✗" },
                     test.target_ratio(),
-                    l.outcome.rps / n.outcome.rps
+                    l_rps / n_rps
                 );
             }
         }
@@ -559,22 +618,29 @@ impl Report {
         if !features.is_empty() {
             let _ = writeln!(
                 md,
-                "\n### What a feature costs (same run)\n\n| test | feature | lunchd µs/req | with it µs/req | cost |\n|---|---|---:|---:|---:|"
+                "\n### What a feature costs (same run)\n\nAgainst the default lunchd of the same round; `twin` \
+                 is a second default lunchd, its cost the noise floor.\n\n\
+                 | test | feature | lunchd µs/req | with it µs/req | cost | range over rounds |\n|---|---|---:|---:|---:|---:|"
             );
             for test in Test::ALL {
                 for &feature in &features {
-                    let (Some(base), Some(with)) = (self.find("lunchd", test), self.find(feature, test)) else {
+                    let (Some((base, _)), Some((with, _)), Some((cost, low, high))) = (
+                        self.median("lunchd", test),
+                        self.median(feature, test),
+                        self.cost(feature, test),
+                    ) else {
                         continue;
                     };
-                    let cost = with.us_per_request() / base.us_per_request() - 1.0;
                     let _ = writeln!(
                         md,
-                        "| {} | {} | {:.2} | {:.2} | {:+.1}% |",
+                        "| {} | {} | {:.2} | {:.2} | {:+.1}% | {:+.1}% … {:+.1}% |",
                         test.title(),
                         feature.trim_start_matches("lunchd+"),
-                        base.us_per_request(),
-                        with.us_per_request(),
-                        cost * 100.0
+                        base,
+                        with,
+                        cost * 100.0,
+                        low * 100.0,
+                        high * 100.0
                     );
                 }
             }
@@ -661,6 +727,7 @@ impl Report {
                 json!({
                     "server": r.server,
                     "test": r.test.id(),
+                    "round": r.round,
                     "url": r.url,
                     "requests": r.outcome.requests,
                     "requests_per_second": r.outcome.rps,
@@ -677,6 +744,7 @@ impl Report {
             .collect();
         json!({
             "duration_seconds": self.duration,
+            "rounds": self.rounds,
             "cpus": thread::available_parallelism().map_or(0, |n| n.get()),
             "runs": runs,
             "idle_rss_kib": self.idle_rss_kib.iter().map(|(s, k)| json!({"server": s, "kib": k})).collect::<Vec<_>>(),

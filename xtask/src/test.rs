@@ -3,7 +3,9 @@
 //! Installs the Debian packages the tests drive (as root; otherwise it
 //! prints the `apt-get install` line and stops), runs `cargo test
 //! --workspace`, then, as root, the end-to-end run under a real systemd
-//! (`cargo xtask e2e`). The pure crates need none of this: `cargo test -p
+//! (`cargo xtask e2e`, three generations) and the cluster run behind
+//! HAProxy (`cargo xtask e2e --cluster`, under a minute once the release
+//! build exists). The pure crates need none of this: `cargo test -p
 //! lunch-core` runs anywhere.
 
 use std::ffi::OsString;
@@ -55,20 +57,23 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
              run `sudo cargo xtask test` or `sudo cargo xtask e2e`"
         );
     } else {
-        let t = Instant::now();
-        println!("test: cargo xtask e2e");
-        // Through cargo, not this process's own executable: `cargo test`
-        // has just rebuilt the xtask binary, so the file this process runs
-        // from is gone.
-        let status = Command::new(&cargo)
-            .args(["run", "--quiet", "--locked", "--package", "xtask", "--", "e2e"])
-            .current_dir(crate::project_root())
-            .status()
-            .context("running cargo xtask e2e")?;
-        if !status.success() {
-            bail!("cargo xtask e2e failed ({status})");
+        for (what, args) in [("e2e", &["e2e"][..]), ("cluster run", &["e2e", "--cluster"][..])] {
+            let t = Instant::now();
+            println!("test: cargo xtask {}", args.join(" "));
+            // Through cargo, not this process's own executable: `cargo
+            // test` has just rebuilt the xtask binary, so the file this
+            // process runs from is gone.
+            let status = Command::new(&cargo)
+                .args(["run", "--quiet", "--locked", "--package", "xtask", "--"])
+                .args(args)
+                .current_dir(crate::project_root())
+                .status()
+                .with_context(|| format!("running cargo xtask {}", args.join(" ")))?;
+            if !status.success() {
+                bail!("cargo xtask {} failed ({status})", args.join(" "));
+            }
+            println!("test: the {what} passed in {:.0} s", t.elapsed().as_secs_f64());
         }
-        println!("test: the e2e passed in {:.0} s", t.elapsed().as_secs_f64());
     }
     println!("test: everything passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -18,7 +18,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use lunch_testkit::{Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, require_tool};
+pub use lunch_testkit::{
+    Leaf, NotifySocket, TestCa, free_port, hex, locate_tool, proxy_v2, proxy_v2_local, require_tool,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream as AsyncTcpStream;
 
@@ -83,6 +85,8 @@ pub struct Lunchd {
     /// Port of each named socket.
     pub ports: Vec<(&'static str, u16)>,
     log: Arc<Mutex<String>>,
+    /// The threads that copy stdout and stderr into `log`.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Lunchd {
@@ -129,14 +133,10 @@ impl Lunchd {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut listening = 0;
+        let stderr = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // One per socket, counted below.
                 if line.starts_with("Listening on") {
-                    listening += 1;
-                    if listening == 1 {
-                        // Counted below; a channel send per line is cheap.
-                    }
                     let _ = tx.send(());
                 }
                 let mut log = sink.lock().unwrap();
@@ -146,12 +146,17 @@ impl Lunchd {
         });
         let stdout = child.stdout.take().unwrap();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let stdout = std::thread::spawn(move || {
             let mut out = String::new();
             let _ = BufReader::new(stdout).read_to_string(&mut out);
             sink.lock().unwrap().push_str(&out);
         });
-        let mut lunchd = Lunchd { child, ports, log };
+        let mut lunchd = Lunchd {
+            child,
+            ports,
+            log,
+            readers: vec![stderr, stdout],
+        };
         for _ in &lunchd.ports {
             if rx.recv_timeout(Duration::from_secs(10)).is_err() {
                 let _ = lunchd.child.kill();
@@ -199,6 +204,10 @@ impl Lunchd {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its output is all in the log once the pipes are drained.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -378,6 +387,20 @@ where
         }
         assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lines of the file at `path` once there are `count`, or what there
+/// is after 10 s.
+pub fn lines(path: &Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -77,10 +77,23 @@ pub(crate) fn run(test: Test, url: &str, seconds: f64, scratch: &Path) -> anyhow
     }
 }
 
+/// `tool`, for a run of `seconds`, under coreutils' `timeout`: a tool that
+/// does not stop (h2load has been seen to run on past its `-D`) is
+/// stopped at twice its time plus 30 s, then killed, and the run fails
+/// with status 124 (or 137) instead of hanging the benchmark.
+fn bounded(tool: &str, seconds: f64) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .arg("--kill-after=5")
+        .arg(format!("{:.0}", seconds.mul_add(2.0, 30.0)))
+        .arg(tool);
+    command
+}
+
 fn wrk(url: &str, seconds: f64) -> anyhow::Result<Outcome> {
     // wrk counts whole seconds.
     let secs = seconds.round().max(1.0) as u64;
-    let text = Command::new("wrk")
+    let text = bounded("wrk", seconds)
         .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
         .read_checked()?;
     parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))
@@ -89,7 +102,7 @@ fn wrk(url: &str, seconds: f64) -> anyhow::Result<Outcome> {
 fn h2load(url: &str, seconds: f64, scratch: &Path) -> anyhow::Result<Outcome> {
     let log = scratch.join("h2load-requests.tsv");
     let secs = seconds.round().max(1.0) as u64;
-    let text = Command::new("h2load")
+    let text = bounded("h2load", seconds)
         .args([
             "-t2",
             "-c64",
@@ -114,7 +127,7 @@ fn h2load(url: &str, seconds: f64, scratch: &Path) -> anyhow::Result<Outcome> {
 /// `$ssl_session_reused`).
 fn ab(url: &str, seconds: f64) -> anyhow::Result<Outcome> {
     let secs = seconds.round().max(1.0) as u64;
-    let text = Command::new("ab")
+    let text = bounded("ab", seconds)
         .args(["-l", "-r", "-c64", "-t", &secs.to_string(), "-n", "2000000", url])
         .read_checked()?;
     parse_ab(&text).with_context(|| format!("cannot read ab's output:\n{text}"))
@@ -122,7 +135,8 @@ fn ab(url: &str, seconds: f64) -> anyhow::Result<Outcome> {
 
 /// `ab -n N -c C` to `url`, for the handshake check.
 pub(crate) fn ab_count(url: &str, n: u32) -> anyhow::Result<Outcome> {
-    let text = Command::new("ab")
+    // A few thousand handshakes take seconds.
+    let text = bounded("ab", 60.0)
         .args(["-l", "-c8", "-n", &n.to_string(), url])
         .read_checked()?;
     parse_ab(&text).with_context(|| format!("cannot read ab's output:\n{text}"))

@@ -73,6 +73,9 @@ pub(crate) enum Feature {
     Metrics,
     /// `[log] access = true`, into a file in the scratch directory.
     AccessLog,
+    /// Nothing: a second default lunchd, whose "cost" is the noise floor
+    /// of the comparison.
+    Twin,
 }
 
 impl Feature {
@@ -81,6 +84,7 @@ impl Feature {
         match self {
             Feature::Metrics => "lunchd+metrics",
             Feature::AccessLog => "lunchd+access-log",
+            Feature::Twin => "lunchd+twin",
         }
     }
 }

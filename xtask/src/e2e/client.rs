@@ -225,16 +225,19 @@ pub(crate) fn load(
         Path::new(&format!("/proc/{}/ns/net", container.pid1())),
         loopback(port),
         tls,
+        "/healthz",
         interval,
         stop,
     )
 }
 
-/// [`load`] from the network namespace at `ns`, to `addr`.
+/// [`load`] from the network namespace at `ns`, to `addr`, asking for
+/// `path`.
 pub(crate) fn load_at(
     ns: &Path,
     addr: SocketAddr,
     tls: &Tls,
+    path: &str,
     interval: Duration,
     stop: &AtomicBool,
 ) -> anyhow::Result<Load> {
@@ -254,7 +257,7 @@ pub(crate) fn load_at(
                     load.failed.push(format!("connect: {e}"));
                     false
                 }
-                Ok(tcp) => match one_request(tls, tcp) {
+                Ok(tcp) => match one_request(tls, tcp, path) {
                     Ok(()) => {
                         load.answered += 1;
                         true
@@ -274,11 +277,11 @@ pub(crate) fn load_at(
     })
 }
 
-fn one_request(tls: &Tls, tcp: TcpStream) -> anyhow::Result<()> {
+fn one_request(tls: &Tls, tcp: TcpStream, path: &str) -> anyhow::Result<()> {
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut conn = TlsConnection::open(tls, tcp)?;
-    let response = conn.get("/healthz")?;
+    let response = conn.get(path)?;
     if response.status != 200 {
         bail!("status {}", response.status);
     }

@@ -4,7 +4,8 @@
 //! run a command and check how it ended ([`Checked`]), `systemd-analyze`
 //! as it can run on any host ([`systemd_analyze`]), and the external tools
 //! the suite drives with their Debian packages ([`TOOLS`],
-//! [`require_tool`]).
+//! [`require_tool`]), and PROXY v2 headers as a load balancer sends them
+//! ([`proxy_v2`]).
 //!
 //! Dev-only: nothing that ships depends on it. It lives under `xtask/`
 //! because the workspace's top level holds only the product's crates.
@@ -16,11 +17,13 @@
 mod ca;
 mod cmd;
 mod notify;
+mod proxy;
 mod tools;
 
 pub use ca::{Leaf, TestCa, hex};
 pub use cmd::{Checked, CmdError, command_line};
 pub use notify::{NotNotified, Notified, NotifySocket};
+pub use proxy::{proxy_v2, proxy_v2_local};
 pub use tools::{BENCH_TOOLS, TOOLS, find_tool, free_port, locate_tool, require_tool, systemd_analyze, try_free_port};
 
 #[cfg(test)]
