@@ -76,13 +76,69 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::Serve
     Arc::new(config)
 }
 
-/// What only a QUIC server counts, beside its [`Stats`].
+/// What only a QUIC server counts, beside its [`Stats`] (whose
+/// `handshakes_full` and `handshakes_resumed` stay 0: quinn does not say
+/// which kind a handshake was, so QUIC counts them here).
 #[derive(Debug, Default)]
 pub struct QuicStats {
     /// Clients asked to prove their address with a Retry.
     pub retried: AtomicU64,
     /// Clients refused because `max_connections` were open.
     pub refused: AtomicU64,
+    /// Clients refused because the server was draining.
+    pub refused_draining: AtomicU64,
+    /// QUIC handshakes completed (and HTTP/3 set up).
+    pub handshakes: AtomicU64,
+    /// Client hellos that presented a session ticket this server issued
+    /// and still held: the handshakes that resumed (one whose resumption
+    /// then failed, on a ticket for another server name, say, would be
+    /// counted too).
+    pub resumed: AtomicU64,
+}
+
+impl QuicStats {
+    /// Handshakes completed in full and resumed.
+    pub fn handshakes(&self) -> (u64, u64) {
+        let resumed = self.resumed.load(Ordering::Relaxed);
+        let all = self.handshakes.load(Ordering::Relaxed);
+        (all.saturating_sub(resumed), resumed)
+    }
+}
+
+/// The session store of the QUIC server's TLS, counting the tickets
+/// clients present back into [`QuicStats::resumed`]: what rustls tells a
+/// TCP server with `handshake_kind`, and quinn does not pass on.
+#[derive(Debug)]
+struct CountResumptions {
+    inner: Arc<dyn rustls::server::StoresServerSessions>,
+    stats: Arc<QuicStats>,
+}
+
+impl CountResumptions {
+    fn count(&self, value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if value.is_some() {
+            self.stats.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        value
+    }
+}
+
+impl rustls::server::StoresServerSessions for CountResumptions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.count(self.inner.get(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.count(self.inner.take(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
 }
 
 /// The HTTP/3 server on one UDP socket.
@@ -124,7 +180,13 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         handler: S,
         limits: Limits,
     ) -> Result<QuicServer<S>, QuicError> {
-        let crypto = QuicServerConfig::try_from(tls)?;
+        let quic_stats = Arc::new(QuicStats::default());
+        let mut tls = (*tls).clone();
+        tls.session_storage = Arc::new(CountResumptions {
+            inner: Arc::clone(&tls.session_storage),
+            stats: Arc::clone(&quic_stats),
+        });
+        let crypto = QuicServerConfig::try_from(Arc::new(tls))?;
         let mut transport = TransportConfig::default();
         transport.max_idle_timeout(Some(
             IdleTimeout::try_from(limits.idle_timeout).map_err(|_| QuicError::IdleTimeout(limits.idle_timeout))?,
@@ -139,6 +201,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         // quinn refuses them itself.
         config.max_incoming(limits.max_connections.max(1));
         socket.set_nonblocking(true)?;
+        raise_receive_buffer(&socket);
         let endpoint = Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))?;
         let (probe, questions) = Probe::accept_loop();
         Ok(QuicServer {
@@ -148,7 +211,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
             connection_info: false,
             limits,
             stats: Arc::default(),
-            quic_stats: Arc::default(),
+            quic_stats,
             probe,
             questions,
         })
@@ -224,6 +287,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                     let open = stats.active.load(Ordering::Relaxed);
                     if open >= limits.max_connections {
                         if !full_since_warned {
+                            stats.limit_reached.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(server = "quic", limit = limits.max_connections, "connection limit reached; refusing new clients");
                             full_since_warned = true;
                         }
@@ -246,7 +310,7 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                         Arc::clone(&limits),
                         connection_info,
                         OpenConnection::new(&stats),
-                        Arc::clone(&stats),
+                        (Arc::clone(&stats), Arc::clone(&quic_stats)),
                         stopping.clone(),
                     );
                     connections.spawn(task);
@@ -254,14 +318,24 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
             }
         }
         let _ = stopping_tx.send(true);
-        // No new connections from here; those open get their GOAWAY.
-        endpoint.set_server_config(None);
+        // No new connections from here, and each of those open gets its
+        // GOAWAY. New clients are refused at once (CONNECTION_REFUSED)
+        // rather than left to time out, so that they can go elsewhere or
+        // come back when systemd has started lunchd again.
         let open = stats.active.load(Ordering::Relaxed);
         if open > 0 {
             tracing::info!(server = "quic", open, "draining connections");
         }
         let drained = timeout(limits.drain_timeout, async {
-            while connections.join_next().await.is_some() {}
+            loop {
+                tokio::select! {
+                    joined = connections.join_next() => if joined.is_none() { break },
+                    Some(incoming) = endpoint.accept() => {
+                        quic_stats.refused_draining.fetch_add(1, Ordering::Relaxed);
+                        incoming.refuse();
+                    }
+                }
+            }
         })
         .await;
         if drained.is_err() {
@@ -278,6 +352,29 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
     }
 }
 
+/// The receive buffer the QUIC socket should have at least, in bytes.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Every QUIC client's datagrams queue on the one socket, and one thread
+/// reads them: the kernel's default buffer (208 KiB, about 90 full-size
+/// datagrams) overflows in a burst or while the thread waits for a core,
+/// and each datagram dropped there costs a retransmission and shrinks
+/// the sender's congestion window. Raises it towards [`RECEIVE_BUFFER`]
+/// (the kernel caps it at `net.core.rmem_max`; systemd's
+/// `ReceiveBuffer=` can go beyond, and a larger buffer is left as it is).
+fn raise_receive_buffer(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    // Linux reports twice what was asked: the bookkeeping it adds.
+    match socket.recv_buffer_size() {
+        Ok(size) if size / 2 >= RECEIVE_BUFFER => {}
+        _ => {
+            if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+                tracing::debug!(server = "quic", "cannot raise the receive buffer: {e}");
+            }
+        }
+    }
+}
+
 /// `H3_NO_ERROR`, the application close code of a clean shutdown.
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -287,7 +384,7 @@ async fn serve_connection<S: Handler<QuicBody>>(
     limits: Arc<Limits>,
     connection_info: bool,
     _open: OpenConnection,
-    stats: Arc<Stats>,
+    (stats, quic_stats): (Arc<Stats>, Arc<QuicStats>),
     mut stopping: watch::Receiver<bool>,
 ) {
     let peer = incoming.remote_address();
@@ -310,10 +407,12 @@ async fn serve_connection<S: Handler<QuicBody>>(
         Err(_) => {
             // Dropping the connection closes it.
             stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(server = "quic", %peer, "handshake timed out");
             return;
         }
     };
+    quic_stats.handshakes.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(server = "quic", %peer, "http/3 connection established");
     let info = connection_info.then(|| ConnectionInfo {
         peer,
@@ -326,21 +425,37 @@ async fn serve_connection<S: Handler<QuicBody>>(
     let mut requests = JoinSet::new();
     let mut draining = *stopping.borrow_and_update();
     if draining {
-        let _ = h3.shutdown(0).await;
+        let _ = h3.shutdown(1).await;
     }
+    let mut clean = true;
     loop {
         tokio::select! {
             Ok(_) = stopping.changed(), if !draining => {
                 draining = true;
                 // GOAWAY: requests already accepted finish, later ones are
-                // refused so the client retries them elsewhere.
-                if let Err(e) = h3.shutdown(0).await {
+                // refused so the client retries them elsewhere. Its stream
+                // ID is the first one not processed: one after the last
+                // accepted (h3 counts the `1` in streams).
+                if let Err(e) = h3.shutdown(1).await {
                     tracing::debug!(server = "quic", %peer, "goaway failed: {e}");
+                    clean = false;
                     break;
                 }
             }
             Some(_) = requests.join_next() => {}
             accepted = h3.accept() => match accepted {
+                // A request that crossed the GOAWAY on the wire, on the
+                // stream the GOAWAY names: h3 lets it through, but the
+                // client was told it is not processed.
+                Ok(Some(resolver)) if draining => {
+                    let header_timeout = limits.header_timeout;
+                    requests.spawn(async move {
+                        if let Ok(Ok((_, mut stream))) = timeout(header_timeout, resolver.resolve_request()).await {
+                            stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                            stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+                        }
+                    });
+                }
                 Ok(Some(resolver)) => {
                     let handler = handler.clone();
                     let info = info.clone();
@@ -358,6 +473,7 @@ async fn serve_connection<S: Handler<QuicBody>>(
                     if !e.is_h3_no_error() {
                         tracing::debug!(server = "quic", %peer, "connection ended: {e}");
                     }
+                    clean = false;
                     break;
                 }
             },
@@ -370,6 +486,15 @@ async fn serve_connection<S: Handler<QuicBody>>(
         }
     }
     while requests.join_next().await.is_some() {}
+    if clean {
+        // quinn drops what a closed connection has not yet sent, and the
+        // last response was only handed to it (h3-quinn's finish does not
+        // wait for the acknowledgement): give its packets time to arrive,
+        // and the client time to close first, as it does once a GOAWAY
+        // leaves it nothing in flight.
+        let linger = (connection.rtt() * 4 + Duration::from_millis(50)).min(Duration::from_secs(1));
+        let _ = timeout(linger, connection.closed()).await;
+    }
     connection.close(VarInt::from_u32(H3_NO_ERROR), b"");
 }
 

@@ -36,8 +36,8 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn serve(limits: Limits, retry_above: Option<usize>) -> Running {
-    let ca = TestCa::new();
+/// A store with a certificate for localhost from `ca`.
+fn store(ca: &TestCa) -> Arc<CertificateStore> {
     let leaf = ca.issue(&["localhost"], 7);
     let certificate = LoadedCertificate::from_pem(
         leaf.key_pem.as_bytes(),
@@ -47,7 +47,12 @@ fn serve(limits: Limits, retry_above: Option<usize>) -> Running {
         SystemTime::now(),
     )
     .unwrap();
-    let store = CertificateStore::new(certificate);
+    CertificateStore::new(certificate)
+}
+
+fn serve(limits: Limits, retry_above: Option<usize>) -> Running {
+    let ca = TestCa::new();
+    let store = store(&ca);
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut server = QuicServer::new(
         socket,
@@ -182,4 +187,33 @@ async fn shutdown_lets_an_in_flight_request_finish_then_closes() {
     );
     let late = timeout(Duration::from_secs(2), connect(&running)).await;
     assert!(!matches!(late, Ok(Ok(_))), "a client connected after the shutdown");
+}
+
+/// The socket every client's datagrams queue on gets a receive buffer
+/// beyond the kernel's default, as far as `net.core.rmem_max` allows.
+#[tokio::test]
+async fn the_socket_gets_a_larger_receive_buffer() {
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let same = socket2::SockRef::from(&socket).try_clone().unwrap();
+    let before = same.recv_buffer_size().unwrap();
+    let _server = QuicServer::new(
+        socket,
+        quic::server_config(store(&TestCa::new())),
+        lunch_net::tower_handler(router()),
+        Limits::default(),
+    )
+    .unwrap();
+    let after = same.recv_buffer_size().unwrap();
+    // Linux reports twice the size set. With rmem_max at its default
+    // nothing can be gained, and this proves only that nothing shrank.
+    let expected = ((4 << 20).min(rmem_max) * 2).max(before);
+    assert!(
+        after >= expected,
+        "receive buffer {before} -> {after}, expected {expected}"
+    );
 }

@@ -227,6 +227,9 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
             } else {
                 server
             };
+            if let Some(metrics) = &metrics {
+                metrics.quic(server.stats(), server.quic_stats());
+            }
             probes.push(server.probe());
             listeners.push_str(&format!(", http/3 on {local}"));
             tracing::info!("serving http/3 on udp {local} ({how})");

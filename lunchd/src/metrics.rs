@@ -24,6 +24,7 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode, Version};
+use lunch_net::quic::QuicStats;
 use lunch_net::tls::CertificateStore;
 
 use crate::access::AccessLog;
@@ -115,6 +116,9 @@ const BUCKET_MICROS: [u64; 14] = [
 ];
 
 const PROTOCOLS: [&str; 3] = ["h1", "h2", "h3"];
+
+/// The `server` label of the HTTP/3 server's connections.
+const QUIC: &str = "quic";
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 // The cells of one server: requests by protocol and class, then the
@@ -201,7 +205,7 @@ pub const FAMILIES: &[Family] = &[
         name: "lunchd_connections_accepted_total",
         kind: "counter",
         labels: "server",
-        help: "Connections accepted, by server (https, http, metrics).",
+        help: "Connections accepted, by server (https, http, metrics, or quic: HTTP/3, counted when its handshake starts, Retries and refusals not included).",
     },
     Family {
         name: "lunchd_connections_open",
@@ -213,25 +217,31 @@ pub const FAMILIES: &[Family] = &[
         name: "lunchd_connection_limit_reached_total",
         kind: "counter",
         labels: "server",
-        help: "Times a server reached [limits] max_connections and stopped accepting until one ended; clients wait, none is refused.",
+        help: "Times a server reached [limits] max_connections and stopped accepting until one ended; over TCP clients wait, none is refused; quic refuses them (lunchd_connections_refused_total, reason limit).",
     },
     Family {
         name: "lunchd_connections_refused_total",
         kind: "counter",
         labels: "server, reason",
-        help: "Connections closed before TLS or HTTP, by reason: per_client (the client already held [limits] max_connections_per_client), or proxy (with [proxy] set: from outside [proxy] from, or without a valid PROXY v2 header within [limits] handshake_timeout).",
+        help: "Connections closed before TLS or HTTP, by reason: per_client (the client already held [limits] max_connections_per_client), proxy (with [proxy] set: from outside [proxy] from, or without a valid PROXY v2 header within [limits] handshake_timeout), or limit (server quic only: [limits] max_connections were open).",
+    },
+    Family {
+        name: "lunchd_connections_retried_total",
+        kind: "counter",
+        labels: "server",
+        help: "Clients asked to prove their address with a QUIC Retry before any state is kept for them (server quic; above half of [limits] max_connections open).",
     },
     Family {
         name: "lunchd_tls_handshakes_total",
         kind: "counter",
-        labels: "kind",
-        help: "TLS handshakes completed, by kind: full, or resumed (a session ticket or ID).",
+        labels: "server, kind",
+        help: "TLS handshakes completed, by kind: full, or resumed (a session ticket or ID); over TCP without a server label, over QUIC with server quic.",
     },
     Family {
         name: "lunchd_tls_handshake_failures_total",
         kind: "counter",
-        labels: "reason",
-        help: "TLS connections that never got to HTTP, by reason: error (bad or unsupported hello, alert), timeout, or plain_http (plain HTTP sent to the TLS port).",
+        labels: "server, reason",
+        help: "TLS connections that never got to HTTP, by reason: error (bad or unsupported hello, alert), timeout, or plain_http (plain HTTP sent to the TLS port); over TCP without a server label, over QUIC with server quic.",
     },
     Family {
         name: "lunchd_reloads_total",
@@ -281,6 +291,7 @@ pub struct Metrics {
     status: Arc<Status>,
     access: Option<&'static AccessLog>,
     connections: std::sync::Mutex<Vec<(&'static str, Arc<lunch_net::Stats>)>>,
+    quic: std::sync::Mutex<Option<Arc<QuicStats>>>,
 }
 
 impl Metrics {
@@ -290,6 +301,12 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((name, stats));
+    }
+
+    /// Reports the HTTP/3 server's counters, as server `quic`.
+    pub fn quic(&self, stats: Arc<lunch_net::Stats>, quic: Arc<QuicStats>) {
+        self.connections(QUIC, stats);
+        *self.quic.lock().unwrap_or_else(|e| e.into_inner()) = Some(quic);
     }
 
     /// Metrics of the servers named `servers`, the certificate in `store`,
@@ -316,6 +333,7 @@ impl Metrics {
             status,
             access,
             connections: std::sync::Mutex::default(),
+            quic: std::sync::Mutex::default(),
         }
     }
 
@@ -379,12 +397,18 @@ impl Metrics {
             | "lunchd_connection_limit_reached_total"
             | "lunchd_connections_refused_total" => {
                 let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+                let quic = self.quic.lock().unwrap_or_else(|e| e.into_inner());
                 for (server, stats) in connections.iter() {
                     let value = match name {
                         "lunchd_connections_accepted_total" => stats.accepted.load(Ordering::Relaxed),
                         "lunchd_connections_open" => stats.active.load(Ordering::Relaxed) as u64,
                         "lunchd_connection_limit_reached_total" => stats.limit_reached.load(Ordering::Relaxed),
                         _ => {
+                            if let (QUIC, Some(quic)) = (*server, quic.as_ref()) {
+                                let labels = format!("server=\"{server}\",reason=\"limit\"");
+                                sample(out, name, &labels, quic.refused.load(Ordering::Relaxed));
+                                continue;
+                            }
                             for (reason, counter) in [
                                 ("per_client", &stats.refused_per_client),
                                 ("proxy", &stats.refused_proxy),
@@ -398,23 +422,50 @@ impl Metrics {
                     sample(out, name, &format!("server=\"{server}\""), value);
                 }
             }
+            "lunchd_connections_retried_total" => {
+                if let Some(quic) = self.quic.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    let labels = format!("server=\"{QUIC}\"");
+                    sample(out, name, &labels, quic.retried.load(Ordering::Relaxed));
+                }
+            }
             "lunchd_tls_handshakes_total" | "lunchd_tls_handshake_failures_total" => {
                 let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+                // TCP's servers summed, without a server label as before
+                // HTTP/3; the QUIC server's apart.
                 let sum = |field: fn(&lunch_net::Stats) -> &AtomicU64| {
                     connections
                         .iter()
+                        .filter(|(server, _)| *server != QUIC)
                         .map(|(_, stats)| field(stats).load(Ordering::Relaxed))
                         .sum::<u64>()
                 };
+                let quic = connections.iter().find(|(server, _)| *server == QUIC).map(|(_, s)| s);
+                let quic_handshakes = self
+                    .quic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|q| q.handshakes());
                 if name == "lunchd_tls_handshakes_total" {
                     sample(out, name, "kind=\"full\"", sum(|s| &s.handshakes_full));
                     sample(out, name, "kind=\"resumed\"", sum(|s| &s.handshakes_resumed));
+                    if let Some((full, resumed)) = quic_handshakes {
+                        sample(out, name, &format!("server=\"{QUIC}\",kind=\"full\""), full);
+                        sample(out, name, &format!("server=\"{QUIC}\",kind=\"resumed\""), resumed);
+                    }
                 } else {
                     let failed = sum(|s| &s.handshake_failures);
                     let timeouts = sum(|s| &s.handshake_timeouts);
                     sample(out, name, "reason=\"error\"", failed.saturating_sub(timeouts));
                     sample(out, name, "reason=\"timeout\"", timeouts);
                     sample(out, name, "reason=\"plain_http\"", sum(|s| &s.plaintext_on_tls));
+                    if let Some(stats) = quic {
+                        let failed = stats.handshake_failures.load(Ordering::Relaxed);
+                        let timeouts = stats.handshake_timeouts.load(Ordering::Relaxed);
+                        let labels = |reason| format!("server=\"{QUIC}\",reason=\"{reason}\"");
+                        sample(out, name, &labels("error"), failed.saturating_sub(timeouts));
+                        sample(out, name, &labels("timeout"), timeouts);
+                    }
                 }
             }
             "lunchd_reloads_total" => {

@@ -153,6 +153,16 @@ impl H3Lunchd {
     async fn connect(&self) -> H3Connection {
         H3Connection::connect(self.quic, &self.ca).await
     }
+
+    /// `GET /metrics` from the metrics socket of an `observed` lunchd.
+    fn scrape(&self) -> String {
+        let response = support::raw_request(
+            self.metrics.expect("a metrics socket"),
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(support::status_of(&response), Some(200), "{response}");
+        response
+    }
 }
 
 impl Drop for H3Lunchd {
@@ -188,9 +198,25 @@ impl H3Connection {
     }
 
     async fn try_connect(port: u16, ca: &TestCa) -> Result<H3Connection, String> {
+        H3Connection::try_connect_with(port, ca, quinn::TransportConfig::default()).await
+    }
+
+    async fn try_connect_with(
+        port: u16,
+        ca: &TestCa,
+        transport: quinn::TransportConfig,
+    ) -> Result<H3Connection, String> {
         let tls = QuicClientConfig::try_from(ca.client_config(&[b"h3"])).unwrap();
+        let mut client = quinn::ClientConfig::new(Arc::new(tls));
+        client.transport_config(Arc::new(transport));
+        H3Connection::try_connect_as(port, client).await
+    }
+
+    /// With `client`'s settings (and its TLS session cache: a second
+    /// connection with the same settings resumes).
+    async fn try_connect_as(port: u16, client: quinn::ClientConfig) -> Result<H3Connection, String> {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
+        endpoint.set_default_client_config(client);
         let connecting = endpoint
             .connect(SocketAddr::from(([127, 0, 0, 1], port)), "localhost")
             .unwrap();
@@ -310,14 +336,7 @@ async fn the_lunch_is_served_over_http3_with_a_verified_certificate_and_advertis
 #[tokio::test]
 async fn http3_requests_are_counted_as_h3_and_written_to_the_access_log() {
     let lunchd = H3Lunchd::observed(tempfile::tempdir().unwrap());
-    let scrape = || {
-        let response = support::raw_request(
-            lunchd.metrics.unwrap(),
-            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        );
-        assert_eq!(support::status_of(&response), Some(200), "{response}");
-        response
-    };
+    let scrape = || lunchd.scrape();
     let count = |text: &str, class: &str| -> f64 {
         let series = format!("lunchd_http_requests_total{{server=\"https\",protocol=\"h3\",class=\"{class}\"}} ");
         text.lines()
@@ -343,6 +362,20 @@ async fn http3_requests_are_counted_as_h3_and_written_to_the_access_log() {
         after.contains("lunchd_http_requests_total{server=\"https\",protocol=\"h2\",class=\"2xx\"} 0"),
         "{after}"
     );
+    // The QUIC connection, as server quic; TCP's counters untouched.
+    for series in [
+        "lunchd_connections_accepted_total{server=\"quic\"} 1",
+        "lunchd_connections_open{server=\"quic\"} 1",
+        "lunchd_connections_refused_total{server=\"quic\",reason=\"limit\"} 0",
+        "lunchd_connections_retried_total{server=\"quic\"} 0",
+        "lunchd_tls_handshakes_total{server=\"quic\",kind=\"full\"} 1",
+        "lunchd_tls_handshakes_total{server=\"quic\",kind=\"resumed\"} 0",
+        "lunchd_tls_handshake_failures_total{server=\"quic\",reason=\"error\"} 0",
+        "lunchd_connections_accepted_total{server=\"https\"} 0",
+        "lunchd_tls_handshakes_total{kind=\"full\"} 0",
+    ] {
+        assert!(after.lines().any(|l| l == series), "no {series} in:\n{after}");
+    }
 
     let path = lunchd.dir.path().join("logs/access.log");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -470,6 +503,125 @@ async fn sigterm_sends_goaway_and_exits_cleanly() {
     let status = lunchd.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", lunchd.log());
     assert!(h3.connection.close_reason().is_some());
+    lunchd.assert_no_panic();
+}
+
+/// The QUIC server's connections in the metrics, as server `quic`: a
+/// second connection with the same client settings resumes its TLS
+/// session (and, with half of `max_connections` open, proves its address
+/// with a Retry first), and beyond `max_connections` clients are refused.
+#[tokio::test]
+async fn quic_connections_handshakes_and_refusals_are_in_the_metrics() {
+    let lunchd = H3Lunchd::start_with("max_connections = 2", tempfile::tempdir().unwrap(), None, true);
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let tls = QuicClientConfig::try_from(lunchd.ca.client_config(&[b"h3"])).unwrap();
+    let client = quinn::ClientConfig::new(Arc::new(tls));
+    let mut first = H3Connection::try_connect_as(lunchd.quic, client.clone()).await.unwrap();
+    // The request lets the session tickets arrive before the next handshake.
+    assert_eq!(first.get("/healthz").await.status, 200);
+    let mut second = H3Connection::try_connect_as(lunchd.quic, client).await.unwrap();
+    assert_eq!(second.get("/healthz").await.status, 200);
+    // Both slots taken: a third client is refused.
+    let refused = H3Connection::try_connect(lunchd.quic, &lunchd.ca).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "{:?}",
+        refused.err()
+    );
+    let text = lunchd.scrape();
+    for (series, expected) in [
+        ("lunchd_connections_accepted_total{server=\"quic\"}", 2.0),
+        ("lunchd_connections_open{server=\"quic\"}", 2.0),
+        ("lunchd_tls_handshakes_total{server=\"quic\",kind=\"full\"}", 1.0),
+        ("lunchd_tls_handshakes_total{server=\"quic\",kind=\"resumed\"}", 1.0),
+        ("lunchd_connections_retried_total{server=\"quic\"}", 1.0),
+        ("lunchd_connection_limit_reached_total{server=\"quic\"}", 1.0),
+        (
+            "lunchd_connections_refused_total{server=\"quic\",reason=\"limit\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(&text, series), expected, "{series}\n{text}");
+    }
+    drop((first, second));
+    lunchd.assert_no_panic();
+}
+
+/// A response held in flight by QUIC flow control when SIGTERM arrives:
+/// the client grants its request stream 1 KB and stops reading after the
+/// headers, so lunchd has answered but cannot send the rest of the page
+/// until the client reads on. The GOAWAY refuses new requests and new
+/// connections while lunchd waits, and the page then arrives whole.
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones() {
+    let mut lunchd = H3Lunchd::start("drain_timeout = 20");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+    let mut h3 = H3Connection::try_connect_with(lunchd.quic, &lunchd.ca, transport)
+        .await
+        .unwrap();
+    let request = hyper::Request::get(format!("https://localhost:{}/", lunchd.quic))
+        .body(())
+        .unwrap();
+    let mut stream = h3.send.send_request(request).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(length > 4 * 1024, "the page ({length} bytes) fits in the window");
+
+    lunchd.signal(libc::SIGTERM);
+    lunchd.wait_log("draining connections");
+    // The GOAWAY reaches the client: a new request on the connection is
+    // refused, by the client itself or by lunchd.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        let request = hyper::Request::get(format!("https://localhost:{}/healthz", lunchd.quic))
+            .body(())
+            .unwrap();
+        match h3.send.send_request(request).await {
+            Err(e) => format!("not sent: {e}"),
+            Ok(mut late) => {
+                let _ = late.finish().await;
+                match late.recv_response().await {
+                    Err(e) => format!("sent, then: {e}"),
+                    Ok(r) => panic!("a request after the GOAWAY answered {}", r.status()),
+                }
+            }
+        }
+    })
+    .await
+    .expect("a request after the GOAWAY neither refused nor answered");
+    eprintln!("request after the GOAWAY: {refused}");
+    // A new connection is refused at once, not left to time out.
+    match H3Connection::try_connect(lunchd.quic, &lunchd.ca).await {
+        Ok(_) => panic!("a new connection was accepted while draining"),
+        Err(e) => assert!(e.contains("refused"), "{e}"),
+    }
+    assert!(
+        lunchd.child.try_wait().unwrap().is_none(),
+        "lunchd exited with a request in flight:\n{}",
+        lunchd.log()
+    );
+
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(mut chunk) = stream.recv_data().await? {
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok::<_, h3::error::StreamError>(())
+    })
+    .await
+    .expect("the response in flight never completed");
+    read.unwrap_or_else(|e| panic!("the response in flight was cut off after {} bytes: {e}", body.len()));
+    assert_eq!(body.len(), length, "{}", lunchd.log());
+    assert!(String::from_utf8_lossy(&body).trim_end().ends_with("</html>"));
+    let status = lunchd.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", lunchd.log());
+    assert!(!lunchd.log().contains("drain deadline passed"), "{}", lunchd.log());
     lunchd.assert_no_panic();
 }
 

@@ -17,6 +17,7 @@ mod acme;
 mod client;
 mod cluster;
 mod container;
+mod h3client;
 mod steps;
 pub(crate) mod tree;
 

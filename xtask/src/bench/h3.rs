@@ -18,7 +18,7 @@
 //! warm-up.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use lunch_testkit::{Checked, NotifySocket, TestCa, try_free_port as free_port};
 
 use super::load::Outcome;
 use super::procs::{self, Guard, Sampler};
-use super::servers::{self, Certificate};
+use super::servers::{self, Certificate, Lunchd, free_udp_port};
 use crate::e2e::tree;
 
 /// The load, shaped as the h2 test's but over QUIC.
@@ -43,7 +43,15 @@ struct H3Run {
     server: &'static str,
     url: String,
     outcome: Outcome,
+    /// Why requests failed, a few of each kind.
+    failures: Vec<String>,
     cpu_seconds: f64,
+    /// The load client's own CPU (this process) over the same time.
+    client_cpu_seconds: f64,
+    /// Datagrams the kernel dropped because the server's socket buffer
+    /// was full, over the same time.
+    drops: u64,
+    seconds: f64,
     peak_rss_kib: u64,
     idle_rss_kib: u64,
 }
@@ -54,6 +62,18 @@ impl H3Run {
             return f64::NAN;
         }
         self.cpu_seconds * 1e6 / self.outcome.requests as f64
+    }
+
+    fn client_us_per_request(&self) -> f64 {
+        if self.outcome.requests == 0 {
+            return f64::NAN;
+        }
+        self.client_cpu_seconds * 1e6 / self.outcome.requests as f64
+    }
+
+    /// Of one core, how busy the server was.
+    fn server_busy(&self) -> f64 {
+        self.cpu_seconds / self.seconds
     }
 }
 
@@ -130,10 +150,11 @@ pub(super) fn run(binary: &Path, duration: f64, out: &Path) -> anyhow::Result<()
         NotifySocket::bind(notify_path.clone()).with_context(|| format!("binding {}", notify_path.display()))?;
     let ticks = procs::clock_ticks();
 
-    let lunchd = Lunchd::start(binary, &cert, &shared.host, &notify)?;
+    let lunchd = Lunchd::start_with_quic(binary, &cert, &shared.host.join("lunchd"), &notify)?;
+    let lunchd_quic = lunchd.quic.context("lunchd started without its quic socket")?;
     let nginx = Nginx::start(&tree, &shared, &cert)?;
     let targets = [
-        ("lunchd", lunchd.guard.pid(), lunchd.quic, servers::LUNCHD_PATH),
+        ("lunchd", lunchd.guard.pid(), lunchd_quic, servers::LUNCHD_PATH),
         ("nginx", nginx.guard.pid(), nginx.quic, servers::NGINX_PATH),
     ];
     std::thread::sleep(Duration::from_secs(1));
@@ -145,22 +166,40 @@ pub(super) fn run(binary: &Path, duration: f64, out: &Path) -> anyhow::Result<()
         eprintln!("bench: {server}: {TITLE} for {duration} s: {url}");
         load(port, path, &tls, super::warm_up(duration)).with_context(|| format!("{server}: h3 warm-up"))?;
         let sampler = Sampler::start(pid);
-        let outcome = load(port, path, &tls, duration).with_context(|| format!("{server}: h3"))?;
+        let client_before = procs::cpu_ticks(&[std::process::id()]);
+        let drops_before = udp_drops(port);
+        let started = Instant::now();
+        let (outcome, failures) = load(port, path, &tls, duration).with_context(|| format!("{server}: h3"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let client_ticks = procs::cpu_ticks(&[std::process::id()]).saturating_sub(client_before);
+        let drops = udp_drops(port).saturating_sub(drops_before);
         let usage = sampler.finish(ticks);
         let run = H3Run {
             server,
             url,
             outcome,
+            failures,
             cpu_seconds: usage.cpu_seconds,
+            client_cpu_seconds: client_ticks as f64 / ticks as f64,
+            drops,
+            seconds,
             peak_rss_kib: usage.peak_rss_kib,
             idle_rss_kib,
         };
         eprintln!(
-            "bench:   {:.0} req/s, {:.2} µs server CPU per request, peak RSS {:.1} MiB, {} errors",
+            "bench:   {:.0} req/s, {:.2} µs server CPU per request (server {:.0}% of a core busy; client {:.2} µs per request; {} datagrams dropped at the server's socket), peak RSS {:.1} MiB, {} errors{}",
             run.outcome.rps,
             run.us_per_request(),
+            run.server_busy() * 100.0,
+            run.client_us_per_request(),
+            run.drops,
             super::mib(run.peak_rss_kib),
-            run.outcome.errors
+            run.outcome.errors,
+            if run.failures.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", run.failures.join("; "))
+            }
         );
         runs.push(run);
     }
@@ -193,20 +232,24 @@ fn markdown(runs: &[H3Run], duration: f64) -> String {
     let _ = writeln!(
         md,
         "## HTTP/3\n\n{cpus} CPUs, client and server on the same cores; {duration} s after a warm-up; \
-         127.0.0.1 only; nginx from Debian forky, in a chroot; the load client is xtask's own.\n"
+         127.0.0.1 only; nginx from Debian forky, in a chroot; the load client is xtask's own \
+         (its CPU per request beside the server's; server busy: of one core).\n"
     );
     let _ = writeln!(
         md,
-        "| server | test | req/s | server CPU µs/req | p50 ms | p99 ms | RSS idle MiB | RSS peak MiB | errors | url |"
+        "| server | test | req/s | server CPU µs/req | server busy | client CPU µs/req | socket drops | p50 ms | p99 ms | RSS idle MiB | RSS peak MiB | errors | url |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         let _ = writeln!(
             md,
-            "| {} | h3 | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
+            "| {} | h3 | {:.0} | {:.2} | {:.0}% | {:.2} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
             r.server,
             r.outcome.rps,
             r.us_per_request(),
+            r.server_busy() * 100.0,
+            r.client_us_per_request(),
+            r.drops,
             r.outcome.p50_ms,
             r.outcome.p99_ms,
             super::mib(r.idle_rss_kib),
@@ -214,6 +257,9 @@ fn markdown(runs: &[H3Run], duration: f64) -> String {
             r.outcome.errors,
             r.url
         );
+    }
+    for r in runs.iter().filter(|r| !r.failures.is_empty()) {
+        let _ = writeln!(md, "\n{} errors: {}", r.server, r.failures.join("; "));
     }
     if let [lunchd, nginx] = runs {
         let _ = writeln!(
@@ -223,6 +269,25 @@ fn markdown(runs: &[H3Run], duration: f64) -> String {
         );
     }
     md
+}
+
+/// The datagrams dropped so far by the kernel on the UDP sockets bound to
+/// `port` (nginx has one per worker): the last column of /proc/net/udp.
+fn udp_drops(port: u16) -> u64 {
+    let local = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            address
+                .ends_with(&local)
+                .then(|| fields.last()?.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// One HTTP/3 GET with the tree's curl, which must answer 200.
@@ -252,7 +317,13 @@ fn check_h3(tree: &Path, server: &str, url: &str) -> anyhow::Result<()> {
 
 /// `CONNECTIONS` HTTP/3 connections to 127.0.0.1:`port`, `STREAMS`
 /// requests for `path` in flight on each, for `seconds`, on two threads.
-fn load(port: u16, path: &str, tls: &Arc<rustls::ClientConfig>, seconds: f64) -> anyhow::Result<Outcome> {
+/// Returns the outcome and why requests failed (a few of each kind).
+fn load(
+    port: u16,
+    path: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    seconds: f64,
+) -> anyhow::Result<(Outcome, Vec<String>)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -271,38 +342,58 @@ fn load(port: u16, path: &str, tls: &Arc<rustls::ClientConfig>, seconds: f64) ->
             let (client, uri) = (client.clone(), uri.clone());
             connections.spawn(async move { connection(target, client, uri, deadline).await });
         }
-        let (mut durations, mut errors) = (Vec::new(), 0_u64);
+        let mut all = Tally::default();
         while let Some(done) = connections.join_next().await {
-            let (d, e) = done.context("a load connection panicked")?;
-            durations.extend(d);
-            errors += e;
+            all.merge(done.context("a load connection panicked")?);
         }
         let elapsed = started.elapsed().as_secs_f64();
+        let mut durations = all.durations;
         durations.sort_unstable();
         let at = |q: f64| {
             durations
                 .get(((durations.len().saturating_sub(1)) as f64 * q).round() as usize)
                 .map_or(f64::NAN, |&us| us as f64 / 1000.0)
         };
-        Ok(Outcome {
+        let outcome = Outcome {
             requests: durations.len() as u64,
             rps: durations.len() as f64 / elapsed,
             p50_ms: at(0.50),
             p99_ms: at(0.99),
-            errors,
+            errors: all.errors,
             tls: Some("TLSv1.3 over QUIC".to_owned()),
-        })
+        };
+        let failures = all.why.into_iter().map(|(why, n)| format!("{n}× {why}")).collect();
+        Ok((outcome, failures))
     })
 }
 
-/// One connection's share of [`load`]: the durations (µs) of the requests
-/// answered with 200, and the count of those that failed.
-async fn connection(
-    target: SocketAddr,
-    client: quinn::ClientConfig,
-    uri: http::Uri,
-    deadline: Instant,
-) -> (Vec<u64>, u64) {
+/// What some of the load's requests saw: the durations (µs) of those
+/// answered with 200, the count of the others and why they failed.
+#[derive(Default)]
+struct Tally {
+    durations: Vec<u64>,
+    errors: u64,
+    why: std::collections::BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        *self.why.entry(why).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.durations.extend(other.durations);
+        self.errors += other.errors;
+        for (why, n) in other.why {
+            *self.why.entry(why).or_default() += n;
+        }
+    }
+}
+
+/// One connection's share of [`load`].
+async fn connection(target: SocketAddr, client: quinn::ClientConfig, uri: http::Uri, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
     let connect = async {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         endpoint.set_default_client_config(client);
@@ -312,114 +403,60 @@ async fn connection(
             .map_err(|e| anyhow::anyhow!("HTTP/3 setup: {e}"))?;
         Ok::<_, anyhow::Error>((endpoint, connection, driver, send))
     };
-    let Ok(Ok((endpoint, connection, mut driver, send))) = tokio::time::timeout(Duration::from_secs(10), connect).await
-    else {
-        return (Vec::new(), 1);
+    let (endpoint, connection, mut driver, send) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(e)) => {
+            tally.fail(format!("connecting: {e:#}"));
+            return tally;
+        }
+        Err(_) => {
+            tally.fail("connecting: no handshake within 10 s".to_owned());
+            return tally;
+        }
     };
     let driver = tokio::spawn(async move { driver.wait_idle().await });
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..STREAMS {
         let (mut send, uri) = (send.clone(), uri.clone());
         streams.spawn(async move {
-            let (mut durations, mut errors) = (Vec::new(), 0_u64);
+            let mut tally = Tally::default();
             while Instant::now() < deadline {
                 let began = Instant::now();
                 let request = http::Request::get(uri.clone()).body(()).unwrap_or_default();
                 let exchange = async {
-                    let mut stream = send.send_request(request).await.ok()?;
-                    stream.finish().await.ok()?;
-                    let response = stream.recv_response().await.ok()?;
-                    while let Some(mut chunk) = stream.recv_data().await.ok()? {
+                    let mut stream = send.send_request(request).await.map_err(|e| format!("sending: {e}"))?;
+                    stream.finish().await.map_err(|e| format!("finishing: {e}"))?;
+                    let response = stream.recv_response().await.map_err(|e| format!("response: {e}"))?;
+                    while let Some(mut chunk) = stream.recv_data().await.map_err(|e| format!("body: {e}"))? {
                         chunk.advance(chunk.remaining());
                     }
-                    Some(response.status())
+                    Ok::<_, String>(response.status())
                 };
                 match tokio::time::timeout(Duration::from_secs(10), exchange).await {
-                    Ok(Some(status)) if status == http::StatusCode::OK => {
-                        durations.push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    Ok(Ok(http::StatusCode::OK)) => {
+                        tally
+                            .durations
+                            .push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
                     }
-                    _ => errors += 1,
+                    Ok(Ok(status)) => tally.fail(format!("status {status}")),
+                    Ok(Err(why)) => tally.fail(why),
+                    Err(_) => tally.fail("no answer within 10 s".to_owned()),
                 }
             }
-            (durations, errors)
+            tally
         });
     }
     drop(send);
-    let (mut durations, mut errors) = (Vec::new(), 0);
     while let Some(done) = streams.join_next().await {
         match done {
-            Ok((d, e)) => {
-                durations.extend(d);
-                errors += e;
-            }
-            Err(_) => errors += 1,
+            Ok(t) => tally.merge(t),
+            Err(_) => tally.fail("a stream task panicked".to_owned()),
         }
     }
     connection.close(0_u32.into(), b"");
     driver.abort();
     endpoint.wait_idle().await;
-    (durations, errors)
-}
-
-/// lunchd with a UDP socket named `quic` beside `https` and `http`.
-struct Lunchd {
-    guard: Guard,
-    quic: u16,
-}
-
-impl Lunchd {
-    /// `systemd-socket-activate` takes one kind of socket per run, so two
-    /// are chained, as lunchd/tests/h3.rs does: the outer binds the UDP
-    /// socket and passes it on, the inner adds the TCP ones and names all
-    /// three. A first datagram starts the chain.
-    fn start(binary: &Path, cert: &Certificate, dir: &Path, notify: &NotifySocket) -> anyhow::Result<Lunchd> {
-        let (quic, http, https) = (free_udp_port()?, free_port()?, free_port()?);
-        let dir = dir.join("lunchd");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let config = dir.join("lunchd.toml");
-        std::fs::write(&config, "[log]\nlevel = \"info\"\n")?;
-        notify.drain();
-        let mut child = Command::new("systemd-socket-activate")
-            .arg("--datagram")
-            .arg(format!("--listen=127.0.0.1:{quic}"))
-            .arg("--fdname=quic")
-            .arg("systemd-socket-activate")
-            .arg(format!("--listen=127.0.0.1:{https}"))
-            .arg(format!("--listen=127.0.0.1:{http}"))
-            .arg("--fdname=quic:https:http")
-            .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.path.display()))
-            .arg(binary)
-            .arg("--config")
-            .arg(&config)
-            .arg("--key")
-            .arg(&cert.key)
-            .arg("--certificate")
-            .arg(&cert.chain)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting systemd-socket-activate (Debian package systemd)")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let guard = Guard::new("lunchd", child);
-        let listening = procs::watch_lines(stderr, &dir.join("lunchd.log"), "Listening on")?;
-        listening
-            .recv_timeout(Duration::from_secs(10))
-            .context("systemd-socket-activate did not listen within 10 s")?;
-        // lunchd reads this as its first packet and drops it.
-        UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.send_to(b"not a quic packet", ("127.0.0.1", quic)))
-            .context("activating lunchd")?;
-        servers::ready_at(notify, Duration::from_secs(15))
-            .with_context(|| format!("lunchd did not get ready; see {}", dir.join("lunchd.log").display()))?;
-        Ok(Lunchd { guard, quic })
-    }
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    tally
 }
 
 /// The tree's nginx with HTTP/3 on `quic` and HTTPS on a TCP port, as the

@@ -2,7 +2,7 @@
 //! Debian's nginx configured for the same work.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -94,6 +94,8 @@ pub(crate) struct Lunchd {
     pub(crate) guard: Guard,
     pub(crate) http: u16,
     pub(crate) https: u16,
+    /// The UDP port of its `quic` socket, when started with one.
+    pub(crate) quic: Option<u16>,
     /// From the activating connection to READY=1.
     pub(crate) start_to_ready: Duration,
 }
@@ -109,7 +111,33 @@ impl Lunchd {
         notify: &NotifySocket,
         feature: Option<Feature>,
     ) -> anyhow::Result<Lunchd> {
+        Lunchd::launch(binary, cert, dir, notify, feature, false)
+    }
+
+    /// As [`start`](Lunchd::start), with a UDP socket named `quic` too.
+    /// `systemd-socket-activate` takes one kind of socket per run, so two
+    /// are chained, as lunchd/tests/h3.rs does: the outer binds the UDP
+    /// socket and passes it on, the inner adds the TCP ones. A first
+    /// datagram starts the chain.
+    pub(crate) fn start_with_quic(
+        binary: &Path,
+        cert: &Certificate,
+        dir: &Path,
+        notify: &NotifySocket,
+    ) -> anyhow::Result<Lunchd> {
+        Lunchd::launch(binary, cert, dir, notify, None, true)
+    }
+
+    fn launch(
+        binary: &Path,
+        cert: &Certificate,
+        dir: &Path,
+        notify: &NotifySocket,
+        feature: Option<Feature>,
+        quic: bool,
+    ) -> anyhow::Result<Lunchd> {
         let (http, https) = (free_port()?, free_port()?);
+        let quic = quic.then(free_udp_port).transpose()?;
         let dir = match feature {
             Some(feature) => dir.join(feature.server()),
             None => dir.to_owned(),
@@ -130,6 +158,15 @@ impl Lunchd {
         )?;
         notify.drain();
         let mut command = Command::new("systemd-socket-activate");
+        if let Some(port) = quic {
+            command
+                .arg("--datagram")
+                .arg(format!("--listen=127.0.0.1:{port}"))
+                .arg("--fdname=quic")
+                .arg("systemd-socket-activate")
+                // The inner one names the socket it inherits first.
+                .arg("--fdname=quic");
+        }
         command
             .arg(format!("--listen=127.0.0.1:{http}"))
             .arg("--fdname=http")
@@ -163,14 +200,25 @@ impl Lunchd {
         let stderr = child.stderr.take().context("no stderr")?;
         let guard = Guard::new("lunchd", child);
         let listening = procs::watch_lines(stderr, &dir.join("lunchd.log"), "Listening on")?;
-        for _ in 0..sockets {
+        // With quic only the outer one listens until the first datagram.
+        for _ in 0..if quic.is_some() { 1 } else { sockets } {
             listening
                 .recv_timeout(Duration::from_secs(10))
                 .context("systemd-socket-activate did not listen within 10 s")?;
         }
         let activated = Instant::now();
-        // The first connection makes systemd-socket-activate exec lunchd.
-        let trigger = TcpStream::connect(("127.0.0.1", https)).context("activating lunchd")?;
+        // The first connection makes systemd-socket-activate exec lunchd;
+        // with quic the first datagram, which lunchd reads as its first
+        // packet and drops.
+        let trigger = match quic {
+            Some(port) => {
+                UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|s| s.send_to(b"not a quic packet", ("127.0.0.1", port)))
+                    .context("activating lunchd")?;
+                None
+            }
+            None => Some(TcpStream::connect(("127.0.0.1", https)).context("activating lunchd")?),
+        };
         let ready = ready_at(notify, Duration::from_secs(15))
             .with_context(|| format!("lunchd did not get ready; see {}", dir.join("lunchd.log").display()))?;
         drop(trigger);
@@ -178,9 +226,15 @@ impl Lunchd {
             guard,
             http,
             https,
+            quic,
             start_to_ready: ready - activated,
         })
     }
+}
+
+/// A UDP port free now on 127.0.0.1.
+pub(crate) fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// nginx with `return 200` and `return 301` servers.

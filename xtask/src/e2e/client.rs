@@ -39,6 +39,18 @@ impl Tls {
             name: ServerName::try_from(name.to_owned()).context("the test domain is not a valid server name")?,
         })
     }
+
+    /// The same settings offering `alpn` instead of HTTP/1.1.
+    pub(crate) fn config_for(&self, alpn: &[u8]) -> Arc<ClientConfig> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+
+    /// The server name sent.
+    pub(crate) fn name(&self) -> String {
+        self.name.to_str().into_owned()
+    }
 }
 
 /// A plain TCP connection to `127.0.0.1:port` inside the container.

@@ -12,6 +12,7 @@ use anyhow::{Context, bail, ensure};
 use super::acme::{self, Live, Pebble};
 use super::client::{self, Load, Tls, TlsConnection};
 use super::container::Container;
+use super::h3client::H3Client;
 
 pub(super) const SERVICE: &str = "lunchd.service";
 pub(super) const SOCKETS: [&str; 2] = ["lunchd-http.socket", "lunchd-https.socket"];
@@ -77,6 +78,8 @@ pub(crate) struct Report {
     pub(crate) h3: Option<String>,
     /// After how many reloads a QUIC handshake presented TCP's serial.
     pub(crate) h3_serials: usize,
+    /// What the HTTP/3 request in flight at SIGTERM got.
+    pub(crate) h3_drain: Option<String>,
     /// How many steps passed, of how many.
     pub(crate) steps: (usize, usize),
     /// Assertions that fail for a known reason (see [`JOURNAL_PRIORITIES`]).
@@ -120,6 +123,10 @@ impl Report {
                 0 => String::new(),
                 n => format!("; after {n} reloads QUIC handshakes presented TCP's serial"),
             }
+        ));
+        lines.push(format!(
+            "http/3 drain: {}",
+            self.h3_drain.as_deref().unwrap_or("not checked")
         ));
         lines.push(format!("steps: {} of {} passed", self.steps.0, self.steps.1));
         for e in &self.expected_failures {
@@ -209,6 +216,11 @@ pub(crate) fn walk(c: &Container, domain: &str, version: u32, report: &mut Repor
     );
     runner.step(&world, "the access log: one record per request made", step_access_log);
     runner.step(&world, "restart under load: zero refused, zero lost", step_restart);
+    runner.step(
+        &world,
+        "systemctl stop with an HTTP/3 request in flight: it finishes whole, new ones refused after the GOAWAY",
+        step_drain_h3,
+    );
     runner.step(
         &world,
         "kill -9 under load: restarted, zero refused, waiting requests answered",
@@ -710,9 +722,30 @@ fn step_sockets(w: &World<'_>) -> anyhow::Result<String> {
         .find(|l| l.contains(":443 "))
         .with_context(|| format!("nothing listens on UDP port 443:\n{udp}"))?;
     ensure!(line.contains("pid=1,"), "UDP port 443 is not held by PID 1:\n{line}");
+    // ReceiveBuffer=4M: the kernel reports twice what was set.
+    let memory = c.run(&[
+        "ss",
+        "--listening",
+        "--udp",
+        "--numeric",
+        "--memory",
+        "--no-header",
+        "sport",
+        "=",
+        ":443",
+    ])?;
+    let receive_buffer: u64 = memory
+        .split(|ch: char| !ch.is_ascii_alphanumeric())
+        .find_map(|field| field.strip_prefix("rb")?.parse().ok())
+        .with_context(|| format!("ss shows no receive buffer for UDP port 443:\n{memory}"))?;
+    ensure!(
+        receive_buffer >= 8 << 20,
+        "UDP port 443 has a receive buffer of {receive_buffer} bytes; {QUIC_SOCKET} asks for ReceiveBuffer=4M"
+    );
     Ok(format!(
-        "ports 80 and 443 held by systemd (PID 1), and UDP 443 for HTTP/3 ({QUIC_SOCKET}: Listen={}); {SERVICE} inactive",
-        listen.trim()
+        "ports 80 and 443 held by systemd (PID 1), and UDP 443 for HTTP/3 ({QUIC_SOCKET}: Listen={}, ReceiveBuffer= {} MiB in effect); {SERVICE} inactive",
+        listen.trim(),
+        (receive_buffer / 2) >> 20
     ))
 }
 
@@ -1279,6 +1312,104 @@ fn step_restart(w: &World<'_>) -> anyhow::Result<String> {
     Ok(format!(
         "PID {old} -> {new}; {} connections, {} answered, 0 refused, 0 failed",
         load.attempts, load.answered
+    ))
+}
+
+/// The HTTP/3 drain, as notify.rs proves it over HTTP/2: the client's
+/// QUIC flow control holds the page's response after its headers
+/// ([`H3Client::hold`]), so lunchd has a request in flight when systemd
+/// sends SIGTERM, and can finish it only when the client reads on.
+fn step_drain_h3(w: &World<'_>) -> anyhow::Result<String> {
+    let c = w.c;
+    let pid = running_pid(c)?;
+    let client = H3Client::new(c, &w.tls, 443)?;
+    let mut held = client.hold("/")?;
+    ensure!(held.status == 200, "GET / over HTTP/3 answered {}", held.status);
+    ensure!(
+        held.length > 4 * 1024,
+        "the page ({} bytes) fits in the client's flow control window: nothing would be held in flight",
+        held.length
+    );
+    c.run(&["systemctl", "stop", "--no-block", SERVICE])?;
+    let stopped_at = Instant::now();
+    let pid_filter = format!("_PID={pid}");
+    wait_for("lunchd to drain its QUIC connection", Duration::from_secs(10), || {
+        let journal = c.run(&["journalctl", "--no-pager", "-o", "cat", &pid_filter])?;
+        Ok(journal
+            .lines()
+            .any(|l| l.contains("draining connections") && l.contains("quic"))
+            .then_some(()))
+    })?;
+    let state = is_active(c, SERVICE)?;
+    ensure!(
+        state == "deactivating" && main_pid(c)? == pid,
+        "{SERVICE} is {state} while a request is in flight; expected deactivating, PID {pid}"
+    );
+    let same = client
+        .refused_on(&mut held, "/healthz")
+        .context("a new request on the draining connection")?;
+    let fresh = match client.connect() {
+        Ok(_) => bail!("a new QUIC connection was accepted while lunchd drained"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        fresh.contains("refused"),
+        "a new QUIC connection while lunchd drained: {fresh}; expected CONNECTION_REFUSED"
+    );
+    let state = is_active(c, SERVICE)?;
+    ensure!(
+        state == "deactivating" && main_pid(c)? == pid,
+        "{SERVICE} is {state} before the request in flight was read: it did not wait for it"
+    );
+    let held_for = stopped_at.elapsed();
+    let length = held.length;
+    let body = client.finish(held)?;
+    drop(client);
+    ensure!(
+        body.len() == length,
+        "the response in flight arrived with {} of its {length} bytes",
+        body.len()
+    );
+    ensure!(
+        String::from_utf8_lossy(&body).trim_end().ends_with("</html>"),
+        "the page that arrived does not end with </html>"
+    );
+    // The UDP socket is systemd's again once lunchd exits: a late packet
+    // could start a new lunchd, so the exit is checked whichever comes.
+    wait_for("lunchd to exit after the drain", Duration::from_secs(15), || {
+        Ok((main_pid(c)? != pid).then_some(()))
+    })?;
+    let exited = if is_active(c, SERVICE)? == "inactive" {
+        let (result, status) = (show(c, "Result")?, show(c, "ExecMainStatus")?);
+        ensure!(
+            result == "success" && status == "0",
+            "lunchd stopped with Result={result}, ExecMainStatus={status}"
+        );
+        "exit status 0, Result=success".to_owned()
+    } else {
+        let journal = c.run(&["journalctl", "--no-pager", "-o", "cat", "-u", SERVICE, "-n", "30"])?;
+        ensure!(
+            journal.contains("Deactivated successfully"),
+            "lunchd restarted after the drain without a clean exit:\n{journal}"
+        );
+        "deactivated successfully (a late datagram started it again)".to_owned()
+    };
+    let journal = c.run(&["journalctl", "--no-pager", "-o", "cat", &pid_filter])?;
+    ensure!(
+        !journal.contains("drain deadline passed"),
+        "lunchd gave up the drain:\n{journal}"
+    );
+    c.run(&["systemctl", "start", SERVICE])?;
+    let new = wait_active(c, Some(pid))?;
+    lock(&w.report).h3_drain = Some(format!(
+        "the request in flight at SIGTERM got all {length} bytes; new requests and connections refused; exit 0"
+    ));
+    Ok(format!(
+        "GET / held by a {}-byte stream window: lunchd stayed deactivating ({} ms until the client read on) \
+         and then sent all {length} bytes; after the GOAWAY a request on that connection: {same}; \
+         a new connection: {fresh}; PID {pid}: {exited}; started again as {new}",
+        super::h3client::WINDOW,
+        held_for.as_millis()
     ))
 }
 
