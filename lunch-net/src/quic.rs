@@ -387,7 +387,9 @@ async fn serve_connection<S: Handler<QuicBody>>(
     (stats, quic_stats): (Arc<Stats>, Arc<QuicStats>),
     mut stopping: watch::Receiver<bool>,
 ) {
+    // IPv4 clients of a dual-stack socket by their IPv4 address, as over TCP.
     let peer = incoming.remote_address();
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let handshake = async {
         let connection = incoming.accept()?.await?;
         let h3 = h3::server::builder()
