@@ -128,7 +128,9 @@ impl H3Lunchd {
     }
 
     fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a bound on a wait, not a timing; a busy machine can
+        // take seconds to start the chain.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.log().contains(needle) {
                 return;
