@@ -11,65 +11,17 @@ use std::time::Duration;
 use support::{Served, tls_stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
+use lunch_testkit::h2::{
+    ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS, frame,
+    literal,
+};
+
 const CANCEL: u32 = 0x8;
 const REFUSED_STREAM: u32 = 0x7;
-const DATA: u8 = 0x0;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// An HPACK integer with an `n`-bit prefix whose other bits are `first`.
-fn hpack_int(value: usize, n: u32, first: u8, out: &mut Vec<u8>) {
-    let max = (1usize << n) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    let mut rest = value - max;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
-}
-
-/// A literal header field without indexing, with a literal name.
-fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
-    out.push(0x00);
-    hpack_int(name.len(), 7, 0, out);
-    out.extend_from_slice(name.as_bytes());
-    hpack_int(value.len(), 7, 0, out);
-    out.extend_from_slice(value.as_bytes());
-}
 
 /// `GET https://localhost/healthz` as an HPACK block.
 fn get_healthz() -> Vec<u8> {
-    // :method GET, :scheme https (static table), then :path and
-    // :authority as literals with indexed names.
-    let mut block = vec![0x82, 0x87];
-    block.push(0x04);
-    hpack_int(8, 7, 0, &mut block);
-    block.extend_from_slice(b"/healthz");
-    block.push(0x01);
-    hpack_int(9, 7, 0, &mut block);
-    block.extend_from_slice(b"localhost");
-    block
+    lunch_testkit::h2::get("/healthz", "localhost")
 }
 
 /// What the server sent on an attacking connection.

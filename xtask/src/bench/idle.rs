@@ -15,6 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
+use lunch_testkit::h2::{self, ACK, END_HEADERS, END_STREAM, HEADERS, SETTINGS, frame};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
@@ -268,31 +269,11 @@ fn read_http1_response(tls: &mut Tls) -> anyhow::Result<()> {
     }
 }
 
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// `GET https://localhost{path}` on stream 1, read to the end of its
 /// answer; the server's SETTINGS are acknowledged.
 fn http2_request(tls: &mut Tls, path: &str) -> anyhow::Result<()> {
-    // :method GET and :scheme https from the static table, then :path and
-    // :authority as literals with indexed names (short: one-byte lengths).
-    anyhow::ensure!(path.len() < 127, "path too long");
-    let mut block = vec![0x82, 0x87, 0x04, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x01, 9]);
-    block.extend_from_slice(b"localhost");
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let block = h2::get(path, "localhost");
+    let mut hello = h2::PREFACE.to_vec();
     hello.extend(frame(SETTINGS, 0, 0, &[]));
     hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block));
     tls.write_all(&hello)?;

@@ -4,8 +4,8 @@
 //! run a command and check how it ended ([`Checked`]), `systemd-analyze`
 //! as it can run on any host ([`systemd_analyze`]), and the external tools
 //! the suite drives with their Debian packages ([`TOOLS`],
-//! [`require_tool`]), and PROXY v2 headers as a load balancer sends them
-//! ([`proxy_v2`]).
+//! [`require_tool`]), PROXY v2 headers as a load balancer sends them
+//! ([`proxy_v2`]), and HTTP/2 frames written by hand ([`h2`]).
 //!
 //! Dev-only: nothing that ships depends on it. It lives under `xtask/`
 //! because the workspace's top level holds only the product's crates.
@@ -16,6 +16,7 @@
 
 mod ca;
 mod cmd;
+pub mod h2;
 mod notify;
 mod proxy;
 mod tools;
