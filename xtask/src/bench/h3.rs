@@ -18,9 +18,9 @@
 //! warm-up.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -474,31 +474,17 @@ impl Nginx {
         let inside = shared.inside(&dir);
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&inside, shared, cert, quic, https))?;
-        let child = Command::new("chroot")
+        let mut nginx = Command::new("chroot");
+        nginx
             .arg(tree)
             .arg("nginx")
             .arg("-p")
             .arg(&inside)
             .arg("-c")
-            .arg(inside.join("nginx.conf"))
-            .arg("-e")
-            .arg(inside.join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the forky tree's nginx")?;
+            .arg(inside.join("nginx.conf"));
+        nginx.arg("-e").arg(inside.join("error.log"));
         // chroot execs nginx: the pid is nginx's master.
-        let mut guard = Guard::new("nginx", child).stop_with("QUIT");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", https)).is_err() {
-            anyhow::ensure!(
-                guard.running() && Instant::now() < deadline,
-                "nginx did not start; see {}",
-                dir.join("error.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let guard = servers::spawn_nginx(nginx, https, &dir).context("starting the forky tree's nginx")?;
         Ok(Nginx { guard, quic })
     }
 }

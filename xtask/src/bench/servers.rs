@@ -252,28 +252,15 @@ impl Nginx {
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&dir, cert, http, https))?;
-        let child = Command::new("nginx")
+        let mut nginx = Command::new("nginx");
+        nginx
             .arg("-p")
             .arg(&dir)
             .arg("-c")
             .arg(&conf)
             .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx (Debian package nginx-light)")?;
-        let mut guard = Guard::new("nginx", child).stop_with("QUIT");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", https)).is_err() {
-            anyhow::ensure!(
-                guard.running() && Instant::now() < deadline,
-                "nginx did not start; see {}",
-                dir.join("error.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .arg(dir.join("error.log"));
+        let guard = spawn_nginx(nginx, https, &dir).context("starting nginx (Debian package nginx-light)")?;
         Ok(Nginx {
             guard,
             http,
@@ -332,6 +319,30 @@ http {{
 }}
 "#
     )
+}
+
+/// Starts nginx by `command`, which gives it its prefix, configuration and
+/// error log (in `dir`, which the error names), and waits until it accepts
+/// on `https`. Stopped with SIGQUIT, nginx's
+/// graceful shutdown.
+pub(crate) fn spawn_nginx(mut command: Command, https: u16, dir: &Path) -> anyhow::Result<Guard> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawning {:?}", command.get_program()))?;
+    let mut guard = Guard::new("nginx", child).stop_with("QUIT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", https)).is_err() {
+        anyhow::ensure!(
+            guard.running() && Instant::now() < deadline,
+            "nginx did not start; see {}",
+            dir.join("error.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(guard)
 }
 
 /// `GET /` on a plain HTTP port: the status code and the Location header.
