@@ -93,7 +93,14 @@ impl Trusted {
                 Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
                 None => max,
             };
-            nets.push((addr, prefix));
+            // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is kept as the
+            // IPv4 network it is, as peers are compared (`contains`); one
+            // reaching beyond `::ffff:0:0/96` is not a network of peers.
+            let net = match canonical(addr) {
+                IpAddr::V4(v4) if addr.is_ipv6() => (IpAddr::V4(v4), prefix.checked_sub(96).ok_or_else(bad)?),
+                _ => (addr, prefix),
+            };
+            nets.push(net);
         }
         Ok(Trusted { nets })
     }
@@ -102,7 +109,7 @@ impl Trusted {
     /// socket (`::ffff:a.b.c.d`) counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.nets.iter().any(|(net, prefix)| match (canonical(*net), ip) {
+        self.nets.iter().any(|(net, prefix)| match (*net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => same_prefix(&n.octets(), &a.octets(), *prefix),
             (IpAddr::V6(n), IpAddr::V6(a)) => same_prefix(&n.octets(), &a.octets(), *prefix),
             _ => false,
@@ -115,8 +122,8 @@ impl Trusted {
     }
 }
 
-/// `10.77.0.1/32, fd00::/64`: the networks as they were given, with
-/// their prefixes.
+/// `10.77.0.1/32, fd00::/64`: the networks with their prefixes, IPv4-mapped
+/// ones as IPv4.
 impl std::fmt::Display for Trusted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, (net, prefix)) in self.nets.iter().enumerate() {
@@ -287,6 +294,28 @@ mod tests {
         }
         assert!(Trusted::parse::<&str>(&[]).unwrap().is_empty());
         assert_eq!(t.to_string(), "10.77.0.0/24, 192.0.2.7/32, fd00::/8");
+    }
+
+    /// An IPv4-mapped entry is the IPv4 network it names, for IPv4 peers
+    /// and mapped ones alike, at any prefix.
+    #[test]
+    fn ipv4_mapped_networks_are_ipv4_networks() {
+        let t = Trusted::parse(&["::ffff:10.77.0.0/120", "::ffff:192.0.2.7", "::ffff:0:0/96"]).unwrap();
+        assert_eq!(t.to_string(), "10.77.0.0/24, 192.0.2.7/32, 0.0.0.0/0");
+        let narrow = Trusted::parse(&["::ffff:10.77.0.0/120", "::ffff:192.0.2.7/128"]).unwrap();
+        for (ip, inside) in [
+            ("10.77.0.9", true),
+            ("::ffff:10.77.0.9", true),
+            ("10.77.1.9", false),
+            ("192.0.2.7", true),
+            ("::ffff:192.0.2.8", false),
+            ("fd00::1", false),
+        ] {
+            assert_eq!(narrow.contains(ip.parse().unwrap()), inside, "{ip}");
+        }
+        assert!(t.contains("203.0.113.5".parse().unwrap()));
+        assert!(!t.contains("2001:db8::1".parse().unwrap()));
+        assert!(Trusted::parse(&["::ffff:10.0.0.0/95"]).is_err());
     }
 
     #[test]
