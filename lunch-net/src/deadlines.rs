@@ -394,7 +394,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        // A TLS stream writes its close_notify here: a client that stopped
+        // reading holds it as it would hold a response.
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(result) => {
+                this.write_blocked = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                this.write_blocked.get_or_insert(this.ticks);
+                this.poll_expired(cx).map(Err)
+            }
+        }
     }
 }
 
@@ -497,6 +509,44 @@ mod tests {
         let after = start.elapsed();
         assert!(after >= 8 * SECOND && after <= 10 * SECOND, "{after:?}");
         sender.abort();
+    }
+
+    /// A transport whose close never completes: a TLS stream whose
+    /// close_notify the client never takes.
+    struct NeverClosed(tokio::io::DuplexStream);
+
+    impl AsyncRead for NeverClosed {
+        fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for NeverClosed {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_the_client_never_takes_is_cut_at_the_idle_timeout() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut a = Deadlines::idle(NeverClosed(a), 8 * SECOND);
+        let start = Instant::now();
+        let failed = tokio::time::timeout(60 * SECOND, a.shutdown())
+            .await
+            .expect("the close is never cut")
+            .unwrap_err();
+        assert_eq!(failed.kind(), io::ErrorKind::TimedOut, "{failed}");
+        let after = start.elapsed();
+        assert!(after >= 8 * SECOND && after <= 10 * SECOND, "{after:?}");
     }
 
     #[tokio::test(start_paused = true)]
