@@ -92,21 +92,35 @@ impl Gate {
         Some((client, self.admit(client)?))
     }
 
-    fn admit(&self, client: SocketAddr) -> Option<ClientSlot> {
+    /// The client's slot, or `None` when it already holds the per-client
+    /// limit (counted and reported).
+    pub(crate) fn admit(&self, client: SocketAddr) -> Option<ClientSlot> {
         let slot = self.clients.admit(client.ip());
         if slot.is_none() {
-            self.stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
-            if let Some(refused) = report(&self.per_client) {
-                tracing::warn!(
-                    server = self.name,
-                    refused,
-                    latest = %client.ip(),
-                    limit = self.clients.max(),
-                    "closed connections from clients that already hold the per-client connection limit"
-                );
-            }
+            self.refuse_client(client);
         }
         slot
+    }
+
+    /// Whether `client` holds the per-client limit now, without taking a
+    /// slot: for a server that admits a client only once its address is
+    /// proven (QUIC) and turns it away earlier only if that is sure.
+    pub(crate) fn is_full(&self, client: SocketAddr) -> bool {
+        self.clients.held(client.ip()) >= self.clients.max()
+    }
+
+    /// Counts and reports a connection closed for the per-client limit.
+    pub(crate) fn refuse_client(&self, client: SocketAddr) {
+        self.stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+        if let Some(refused) = report(&self.per_client) {
+            tracing::warn!(
+                server = self.name,
+                refused,
+                latest = %client.ip(),
+                limit = self.clients.max(),
+                "closed connections from clients that already hold the per-client connection limit"
+            );
+        }
     }
 
     fn refuse_proxy(&self, error: &ProxyError) {

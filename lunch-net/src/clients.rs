@@ -97,7 +97,7 @@ impl Clients {
     }
 
     /// Connections `ip`'s client holds now.
-    #[cfg(test)]
+    /// How many slots the client of `ip` holds.
     pub(crate) fn held(&self, ip: IpAddr) -> u32 {
         let key = ClientKey::of(ip, self.ipv6_prefix);
         let counts = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);

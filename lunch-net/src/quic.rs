@@ -38,9 +38,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+use crate::admission::Gate;
+use crate::clients::Clients;
 use crate::handler::{ConnectionInfo, Handler, tag};
 use crate::limits::{Limits, OpenConnection, Stats};
 use crate::probe::{Probe, Questions};
+use crate::proxy::Trusted;
 
 /// The ALPN protocol of HTTP/3.
 pub const ALPN_H3: &[u8] = b"h3";
@@ -195,6 +198,12 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         // A client opens three: control and the two QPACK streams; a few
         // more for extensions it may try (they are read and discarded).
         transport.max_concurrent_uni_streams(VarInt::from_u32(8));
+        // What a client may have lunchd buffer: quinn keeps data that
+        // arrives out of order up to these windows, and by default a
+        // connection's total is unbounded. lunchd's requests carry no
+        // large bodies; the windows match HTTP/2's over TCP.
+        transport.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+        transport.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         // Handshakes not yet looked at by the accept loop; beyond this
@@ -276,6 +285,12 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
         let mut full_since_warned = false;
+        let gate = Arc::new(Gate::new(
+            "quic",
+            Clients::new(limits.max_connections_per_client, limits.client_ipv6_prefix),
+            Trusted::default(),
+            Arc::clone(&stats),
+        ));
         loop {
             tokio::select! {
                 biased;
@@ -296,6 +311,26 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                         continue;
                     }
                     full_since_warned = false;
+                    // The per-client limit, as over TCP. Until a Retry has
+                    // proven it, the source address may be forged, and a
+                    // forger must not use up its owner's slots: a client
+                    // takes its slot once its handshake is done (which
+                    // proves its address), and is turned away here, before
+                    // any TLS work, only when its address is proven.
+                    let peer = incoming.remote_address();
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                    if gate.is_full(peer) {
+                        if !incoming.remote_address_validated() && incoming.may_retry() {
+                            quic_stats.retried.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = incoming.retry() {
+                                e.into_incoming().ignore();
+                            }
+                        } else {
+                            gate.refuse_client(peer);
+                            incoming.refuse();
+                        }
+                        continue;
+                    }
                     if open >= retry_above && !incoming.remote_address_validated() && incoming.may_retry() {
                         quic_stats.retried.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = incoming.retry() {
@@ -310,7 +345,11 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                         Arc::clone(&limits),
                         connection_info,
                         OpenConnection::new(&stats),
-                        (Arc::clone(&stats), Arc::clone(&quic_stats)),
+                        Accounts {
+                            stats: Arc::clone(&stats),
+                            quic_stats: Arc::clone(&quic_stats),
+                            gate: Arc::clone(&gate),
+                        },
                         stopping.clone(),
                     );
                     connections.spawn(task);
@@ -378,15 +417,37 @@ fn raise_receive_buffer(socket: &std::net::UdpSocket) {
 /// `H3_NO_ERROR`, the application close code of a clean shutdown.
 const H3_NO_ERROR: u32 = 0x100;
 
+/// `H3_EXCESSIVE_LOAD`: the close code for a client over the per-client
+/// limit.
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
+
+/// Bytes a client may have in flight to lunchd on one stream.
+const STREAM_RECEIVE_WINDOW: u32 = 64 << 10;
+
+/// Bytes a client may have in flight to lunchd on one connection.
+const RECEIVE_WINDOW: u32 = 1 << 20;
+
+/// What a connection is counted and admitted by.
+struct Accounts {
+    stats: Arc<Stats>,
+    quic_stats: Arc<QuicStats>,
+    gate: Arc<Gate>,
+}
+
 async fn serve_connection<S: Handler<QuicBody>>(
     incoming: Incoming,
     handler: S,
     limits: Arc<Limits>,
     connection_info: bool,
     _open: OpenConnection,
-    (stats, quic_stats): (Arc<Stats>, Arc<QuicStats>),
+    accounts: Accounts,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let Accounts {
+        stats,
+        quic_stats,
+        gate,
+    } = accounts;
     // IPv4 clients of a dual-stack socket by their IPv4 address, as over TCP.
     let peer = incoming.remote_address();
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
@@ -415,6 +476,13 @@ async fn serve_connection<S: Handler<QuicBody>>(
         }
     };
     quic_stats.handshakes.fetch_add(1, Ordering::Relaxed);
+    let Some(_client) = gate.admit(peer) else {
+        connection.close(
+            VarInt::from_u32(H3_EXCESSIVE_LOAD),
+            b"too many connections from this client",
+        );
+        return;
+    };
     tracing::debug!(server = "quic", %peer, "http/3 connection established");
     let info = connection_info.then(|| ConnectionInfo {
         peer,
@@ -431,6 +499,12 @@ async fn serve_connection<S: Handler<QuicBody>>(
     }
     let mut clean = true;
     loop {
+        // After the GOAWAY no request is accepted: once those in flight
+        // are answered the connection is done, however long the client
+        // would keep it open.
+        if draining && requests.is_empty() {
+            break;
+        }
         tokio::select! {
             Ok(_) = stopping.changed(), if !draining => {
                 draining = true;
@@ -461,10 +535,12 @@ async fn serve_connection<S: Handler<QuicBody>>(
                 Ok(Some(resolver)) => {
                     let handler = handler.clone();
                     let info = info.clone();
-                    let header_timeout = limits.header_timeout;
+                    let (header_timeout, write_timeout) = (limits.header_timeout, limits.idle_timeout);
                     requests.spawn(async move {
                         match timeout(header_timeout, resolver.resolve_request()).await {
-                            Ok(Ok((request, stream))) => serve_request(request, stream, handler, peer, info.as_ref()).await,
+                            Ok(Ok((request, stream))) => {
+                                serve_request(request, stream, handler, peer, info.as_ref(), write_timeout).await;
+                            }
                             Ok(Err(e)) => tracing::debug!(server = "quic", %peer, "bad request: {e}"),
                             Err(_) => tracing::debug!(server = "quic", %peer, "request headers timed out"),
                         }
@@ -479,12 +555,6 @@ async fn serve_connection<S: Handler<QuicBody>>(
                     break;
                 }
             },
-        }
-        // After the GOAWAY no request is accepted: once those in flight
-        // are answered the connection is done, however long the client
-        // would keep it open.
-        if draining && requests.is_empty() {
-            break;
         }
     }
     while requests.join_next().await.is_some() {}
@@ -508,6 +578,7 @@ async fn serve_request<S: Handler<QuicBody>>(
     handler: S,
     peer: SocketAddr,
     info: Option<&ConnectionInfo>,
+    write_timeout: Duration,
 ) {
     let (mut send, recv) = stream.split();
     let returned = Arc::new(Mutex::new(None));
@@ -527,8 +598,8 @@ async fn serve_request<S: Handler<QuicBody>>(
     ] {
         parts.headers.remove(name);
     }
-    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
-        tracing::debug!(server = "quic", %peer, "sending the response failed: {e}");
+    if !sent(write_timeout, peer, send.send_response(Response::from_parts(parts, ()))).await {
+        send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
         return;
     }
     let mut body = pin!(body);
@@ -543,24 +614,46 @@ async fn serve_request<S: Handler<QuicBody>>(
                 return;
             }
         };
-        let sent = match frame.into_data() {
-            Ok(data) => send.send_data(data).await,
+        let done = match frame.into_data() {
+            Ok(data) => sent(write_timeout, peer, send.send_data(data)).await,
             Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => send.send_trailers(trailers).await,
-                Err(_) => Ok(()),
+                Ok(trailers) => sent(write_timeout, peer, send.send_trailers(trailers)).await,
+                Err(_) => true,
             },
         };
-        if let Err(e) = sent {
-            tracing::debug!(server = "quic", %peer, "sending the response failed: {e}");
+        if !done {
+            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
             return;
         }
     }
-    if let Err(e) = send.finish().await {
-        tracing::debug!(server = "quic", %peer, "finishing the response failed: {e}");
+    if !sent(write_timeout, peer, send.finish()).await {
+        send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
     }
     let unread = returned.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(recv) = unread {
         finish_reading(recv).await;
+    }
+}
+
+/// Waits for one write of a response, within `limit`: the stream
+/// credit a client gives is how it reads, and one that stops giving it
+/// is cut off as a client that stops reading is over TCP. False when the
+/// write failed or timed out (logged).
+async fn sent<E: std::fmt::Display>(
+    limit: Duration,
+    peer: SocketAddr,
+    sending: impl Future<Output = Result<(), E>>,
+) -> bool {
+    match timeout(limit, sending).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(server = "quic", %peer, "sending the response failed: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(server = "quic", %peer, "the client stopped reading responses");
+            false
+        }
     }
 }
 

@@ -18,14 +18,20 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 fn router() -> Router {
-    Router::new().route("/", get(|| async { "lunch\n" })).route(
-        "/slow",
-        get(|| async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            "slow lunch\n"
-        }),
-    )
+    Router::new()
+        .route("/", get(|| async { "lunch\n" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "slow lunch\n"
+            }),
+        )
+        .route("/big", get(|| async { "lunch".repeat(BIG / 5) }))
 }
+
+/// The length of `/big`'s answer.
+const BIG: usize = 256 * 1024;
 
 struct Running {
     addr: SocketAddr,
@@ -81,8 +87,13 @@ fn serve(limits: Limits, retry_above: Option<usize>) -> Running {
 }
 
 async fn connect(running: &Running) -> Result<quinn::Connection, quinn::ConnectionError> {
+    connect_from(running, [127, 0, 0, 1]).await
+}
+
+/// A connection from the loopback address `ip`.
+async fn connect_from(running: &Running, ip: [u8; 4]) -> Result<quinn::Connection, quinn::ConnectionError> {
     let tls = QuicClientConfig::try_from(running.ca.client_config(&[b"h3"])).unwrap();
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from((ip, 0))).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
     let connecting = endpoint.connect(running.addr, "localhost").unwrap();
     connecting.await
@@ -160,6 +171,102 @@ async fn clients_beyond_the_connection_bound_are_refused_until_one_closes() {
     .await;
     let third = connect(&running).await.unwrap();
     assert_eq!(fetch(&third, "/").await.0, 200);
+}
+
+/// One address holding its maximum is refused more, after a Retry has
+/// proven the address is its own, while another address is served.
+#[tokio::test]
+async fn a_client_at_the_per_client_limit_is_refused_and_others_are_served() {
+    let limits = Limits {
+        max_connections_per_client: 2,
+        ..Limits::default()
+    };
+    let running = serve(limits, None);
+    // Held open: `fetch` ends its HTTP/3 session, and so the connection.
+    let first = connect(&running).await.unwrap();
+    let _second = connect(&running).await.unwrap();
+    until("both handshakes done", || {
+        running.quic_stats.handshakes.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    match connect(&running).await {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED,
+                "{close}"
+            )
+        }
+        other => panic!("a third connection from the same address got {other:?}"),
+    }
+    assert_eq!(running.server_stats.refused_per_client.load(Ordering::Relaxed), 1);
+    // The refusal came after a Retry: the address was proven first.
+    assert_eq!(running.quic_stats.retried.load(Ordering::Relaxed), 1);
+
+    let other = connect_from(&running, [127, 0, 0, 2]).await.unwrap();
+    assert_eq!(fetch(&other, "/").await, (200, "lunch\n".to_owned()));
+
+    first.close(0u32.into(), b"done");
+    until("the first connection closing", || {
+        running.server_stats.active.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let again = connect(&running).await.unwrap();
+    assert_eq!(fetch(&again, "/").await.0, 200);
+    assert_eq!(running.server_stats.refused_per_client.load(Ordering::Relaxed), 1);
+}
+
+/// A client that keeps its connection alive but stops taking a
+/// response (reads nothing, so gives no more stream credit) has the
+/// response cut at the idle timeout, as a client that stops reading is
+/// over TCP; its connection stays.
+#[tokio::test]
+async fn a_client_that_stops_taking_its_response_is_cut_at_the_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let running = serve(limits, None);
+    let tls = QuicClientConfig::try_from(running.ca.client_config(&[b"h3"])).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    // Room for the response's head and a little of its body.
+    transport.stream_receive_window(4096u32.into());
+    transport.keep_alive_interval(Some(Duration::from_millis(100)));
+    let mut config = quinn::ClientConfig::new(Arc::new(tls));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    endpoint.set_default_client_config(config);
+    let connection = endpoint.connect(running.addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+        .await
+        .unwrap();
+    tokio::spawn(async move { driver.wait_idle().await });
+    let mut stream = send
+        .send_request(hyper::Request::get("https://localhost/big").body(()).unwrap())
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let response = timeout(Duration::from_secs(5), stream.recv_response())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Takes nothing for three idle timeouts, then reads what there is.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut body = 0;
+    let ended = loop {
+        match timeout(Duration::from_secs(5), stream.recv_data()).await {
+            Ok(Ok(Some(chunk))) => body += chunk.remaining(),
+            Ok(Ok(None)) => break "the end of the body",
+            Ok(Err(e)) if e.to_string().contains("H3_REQUEST_CANCELLED") => break "a reset",
+            Ok(Err(e)) => panic!("the stream failed otherwise, after {body} bytes: {e}"),
+            Err(_) => break "nothing: the stream hung",
+        }
+    };
+    assert_eq!(ended, "a reset", "after {body} bytes");
+    assert!(body < BIG, "{body} bytes");
+    // Only the request was cut, not the connection.
+    assert!(connection.close_reason().is_none(), "{:?}", connection.close_reason());
 }
 
 #[tokio::test]
