@@ -87,16 +87,36 @@ fn serve(limits: Limits, retry_above: Option<usize>) -> Running {
 }
 
 async fn connect(running: &Running) -> Result<quinn::Connection, quinn::ConnectionError> {
-    connect_from(running, [127, 0, 0, 1]).await
+    connect_from(running, [127, 0, 0, 1], quinn::TransportConfig::default()).await
 }
 
-/// A connection from the loopback address `ip`.
-async fn connect_from(running: &Running, ip: [u8; 4]) -> Result<quinn::Connection, quinn::ConnectionError> {
+/// A connection from the loopback address `ip`, the client's side set
+/// by `transport`.
+async fn connect_from(
+    running: &Running,
+    ip: [u8; 4],
+    transport: quinn::TransportConfig,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
     let tls = QuicClientConfig::try_from(running.ca.client_config(&[b"h3"])).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(tls));
+    config.transport_config(Arc::new(transport));
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from((ip, 0))).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
-    let connecting = endpoint.connect(running.addr, "localhost").unwrap();
-    connecting.await
+    endpoint.set_default_client_config(config);
+    endpoint.connect(running.addr, "localhost").unwrap().await
+}
+
+/// That the server refused a connection with CONNECTION_REFUSED.
+fn assert_refused(connected: Result<quinn::Connection, quinn::ConnectionError>, who: &str) {
+    match connected {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED,
+                "{close}"
+            )
+        }
+        other => panic!("{who} got {other:?}"),
+    }
 }
 
 /// GET `path` on a new HTTP/3 session over `connection`: status and body.
@@ -152,16 +172,7 @@ async fn clients_beyond_the_connection_bound_are_refused_until_one_closes() {
     let running = serve(limits, Some(usize::MAX));
     let first = connect(&running).await.unwrap();
     assert_eq!(fetch(&first, "/").await.0, 200);
-    match connect(&running).await {
-        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(
-                close.error_code,
-                quinn::TransportErrorCode::CONNECTION_REFUSED,
-                "{close}"
-            )
-        }
-        other => panic!("a second client got {other:?}"),
-    }
+    assert_refused(connect(&running).await, "a second client");
     assert_eq!(running.quic_stats.refused.load(Ordering::Relaxed), 1);
 
     first.close(0u32.into(), b"done");
@@ -189,21 +200,14 @@ async fn a_client_at_the_per_client_limit_is_refused_and_others_are_served() {
         running.quic_stats.handshakes.load(Ordering::Relaxed) == 2
     })
     .await;
-    match connect(&running).await {
-        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(
-                close.error_code,
-                quinn::TransportErrorCode::CONNECTION_REFUSED,
-                "{close}"
-            )
-        }
-        other => panic!("a third connection from the same address got {other:?}"),
-    }
+    assert_refused(connect(&running).await, "a third connection from the same address");
     assert_eq!(running.server_stats.refused_per_client.load(Ordering::Relaxed), 1);
     // The refusal came after a Retry: the address was proven first.
     assert_eq!(running.quic_stats.retried.load(Ordering::Relaxed), 1);
 
-    let other = connect_from(&running, [127, 0, 0, 2]).await.unwrap();
+    let other = connect_from(&running, [127, 0, 0, 2], quinn::TransportConfig::default())
+        .await
+        .unwrap();
     assert_eq!(fetch(&other, "/").await, (200, "lunch\n".to_owned()));
 
     first.close(0u32.into(), b"done");
@@ -227,16 +231,11 @@ async fn a_client_that_stops_taking_its_response_is_cut_at_the_idle_timeout() {
         ..Limits::default()
     };
     let running = serve(limits, None);
-    let tls = QuicClientConfig::try_from(running.ca.client_config(&[b"h3"])).unwrap();
     let mut transport = quinn::TransportConfig::default();
     // Room for the response's head and a little of its body.
     transport.stream_receive_window(4096u32.into());
     transport.keep_alive_interval(Some(Duration::from_millis(100)));
-    let mut config = quinn::ClientConfig::new(Arc::new(tls));
-    config.transport_config(Arc::new(transport));
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    endpoint.set_default_client_config(config);
-    let connection = endpoint.connect(running.addr, "localhost").unwrap().await.unwrap();
+    let connection = connect_from(&running, [127, 0, 0, 1], transport).await.unwrap();
     let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
         .await
         .unwrap();
