@@ -95,9 +95,14 @@ impl Workers {
             TcpStream::from_std(stream)?
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
-        let workers = self.clone();
+        // Made here, not in the task: a task dropped before it first ran
+        // (the runtime stopping) still gives its count back.
+        let open = Open {
+            workers: self.clone(),
+            index,
+        };
         worker.handle.spawn(async move {
-            let _open = Open { workers, index };
+            let _open = open;
             serve(stream).await;
         });
         Ok(())
