@@ -198,18 +198,21 @@ impl AccessLog {
         self.shared.drain();
     }
 
-    /// Reopens the file (after logrotate moved it away).
-    pub fn reopen(&self) {
+    /// Reopens the file (after logrotate moved it away). When that fails
+    /// the file open before stays open, and records keep going there.
+    pub fn reopen(&self) -> anyhow::Result<()> {
         self.shared.drain();
         let mut output = lock(&self.shared.file);
-        match append(&output.path) {
-            Ok(file) => output.file = file,
-            Err(e) => tracing::error!(
-                file = %output.path.display(),
-                "cannot reopen the access log {}: {e}; still writing to the file open before",
+        let file = append(&output.path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reopen the access log {}: {e}; still writing to the file open before, which logrotate \
+                 may have moved: make {} a file lunchd can append to, then reload",
+                output.path.display(),
                 output.path.display()
-            ),
-        }
+            )
+        })?;
+        output.file = file;
+        Ok(())
     }
 
     /// Records dropped since the start.
@@ -350,7 +353,7 @@ mod tests {
         assert!(first.ends_with("\"/api/pick\" 200 1234 0.000512\n"), "{first}");
 
         std::fs::rename(&path, dir.path().join("access.log.1")).unwrap();
-        log.reopen();
+        log.reopen().unwrap();
         log.log(&Record {
             status: 404,
             ..record()
@@ -359,6 +362,26 @@ mod tests {
         assert!(second.contains(" 404 "), "{second}");
         let rotated = std::fs::read_to_string(dir.path().join("access.log.1")).unwrap();
         assert_eq!(rotated, first);
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_failed_reopen_says_why_and_keeps_the_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let rotated = dir.path().join("access.log.1");
+        let log = AccessLog::open(&path, false).unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        // Nothing can append to a directory, root included.
+        std::fs::create_dir(&path).unwrap();
+        let e = format!("{:#}", log.reopen().unwrap_err());
+        assert!(
+            e.starts_with(&format!("cannot reopen the access log {}: ", path.display())),
+            "{e}"
+        );
+        log.log(&record());
+        let kept = wait_for_lines(&rotated, 1);
+        assert!(kept.contains(" 200 "), "{kept}");
         assert_eq!(log.dropped(), 0);
     }
 

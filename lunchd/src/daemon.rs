@@ -369,9 +369,12 @@ impl Daemon {
     async fn reload(&self) {
         notify::reloading();
         tracing::info!("reloading");
-        if let Some(access) = &self.access {
-            access.reopen();
-        }
+        // Reopened whatever the configuration says, so that a broken file
+        // does not keep lunchd writing to a log logrotate moved away.
+        let reopened = match &self.access {
+            Some(access) => access.reopen(),
+            None => Ok(()),
+        };
         let config_path = self.config_path.clone();
         let cli_files = self.cli_files.clone();
         let reload_dir = self.reload_dir.clone();
@@ -386,6 +389,13 @@ impl Daemon {
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r);
+        // A failed reopen fails the reload like a broken file: nothing is
+        // swapped, and STATUS= and the metrics say so.
+        let loaded = match (loaded, reopened) {
+            (Ok(loaded), Ok(())) => Ok(loaded),
+            (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+            (Err(e), Err(reopen)) => Err(anyhow::anyhow!("{e:#}; and {reopen:#}")),
+        };
         match loaded {
             Ok((config, certificate)) => {
                 if let Some(certificate) = certificate {
