@@ -10,13 +10,15 @@
 //! full disk) it counts (`lunchd_access_log_dropped_total`) and says in a
 //! warning at most once a minute.
 //!
-//! Workers format each line into a buffer of their own thread's shard
-//! (a mutex no other worker takes); a writer thread swaps the buffers out
-//! every 100 ms and writes them with one `write` each. No worker waits for
-//! the disk or wakes another thread per request. The file is opened for
-//! appending, so logrotate's `copytruncate` works, and reopened on reload
-//! for logrotate's `create` with `postrotate systemctl reload lunchd`;
-//! what waits is written at shutdown.
+//! Workers format each line into the buffer of one of 8 shards, chosen by
+//! the thread's metrics shard (given out in turn): up to 8 threads each
+//! have a mutex no other takes, beyond that threads share shards. A writer
+//! thread swaps the buffers out every 100 ms and writes them with one
+//! `write` each. No worker waits for the disk or wakes another thread per
+//! request. The file is opened for appending, so logrotate's
+//! `copytruncate` works, and reopened on reload for logrotate's `create`
+//! with `postrotate systemctl reload lunchd`; what waits is written at
+//! shutdown.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -120,8 +122,9 @@ fn push_escaped(line: &mut String, text: &str) {
     }
 }
 
-/// Shards of the buffer records wait in; each thread appends to its
-/// own, so the worker threads do not contend.
+/// Shards of the buffer records wait in; a thread appends to the one of
+/// its metrics shard modulo this, so up to this many threads do not
+/// contend.
 const SHARDS: usize = 8;
 
 /// What one shard may hold before records are dropped (and counted):
