@@ -406,7 +406,8 @@ impl Daemon {
                 self.policy
                     .store(Arc::new(policy_from(&config, &self.store, self.https_socket_port)));
                 tracing::info!(
-                    "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits] and [proxy] take effect on restart"
+                    "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits], [proxy] and [log] take effect \
+                     on restart"
                 );
                 self.status.reloaded(Reload::Ok {
                     at: certwatch::unix_now(),
