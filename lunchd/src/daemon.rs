@@ -389,13 +389,6 @@ impl Daemon {
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r);
-        // A failed reopen fails the reload like a broken file: nothing is
-        // swapped, and STATUS= and the metrics say so.
-        let loaded = match (loaded, reopened) {
-            (Ok(loaded), Ok(())) => Ok(loaded),
-            (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
-            (Err(e), Err(reopen)) => Err(anyhow::anyhow!("{e:#}; and {reopen:#}")),
-        };
         match loaded {
             Ok((config, certificate)) => {
                 if let Some(certificate) = certificate {
@@ -405,21 +398,43 @@ impl Daemon {
                 self.lunch.store(Arc::new(lunch_from(&config)));
                 self.policy
                     .store(Arc::new(policy_from(&config, &self.store, self.https_socket_port)));
-                tracing::info!(
-                    "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits], [proxy] and [log] take effect \
-                     on restart"
-                );
-                self.status.reloaded(Reload::Ok {
-                    at: certwatch::unix_now(),
-                });
+                match reopened {
+                    Ok(()) => {
+                        tracing::info!(
+                            "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits], [proxy] and \
+                             [log] take effect on restart"
+                        );
+                        self.status.reloaded(Reload::Ok {
+                            at: certwatch::unix_now(),
+                        });
+                    }
+                    // The certificate and configuration do not wait for the
+                    // log: a renewal must not fail for a logrotate setting.
+                    // The reload still counts as failed, so that it is seen.
+                    Err(e) => {
+                        let problem = format!("{e:#}");
+                        tracing::error!(
+                            "reload failed: the new configuration and certificate are served, but {problem}"
+                        );
+                        self.status.reloaded(Reload::Failed {
+                            at: certwatch::unix_now(),
+                            problem,
+                            applied: true,
+                        });
+                    }
+                }
                 notify::ready(&self.status());
             }
             Err(e) => {
-                let problem = format!("{e:#}");
+                let problem = match reopened {
+                    Ok(()) => format!("{e:#}"),
+                    Err(reopen) => format!("{e:#}; and {reopen:#}"),
+                };
                 tracing::error!("reload failed, still serving the previous configuration and certificate: {problem}");
                 self.status.reloaded(Reload::Failed {
                     at: certwatch::unix_now(),
                     problem,
+                    applied: false,
                 });
                 notify::ready(&self.status());
             }

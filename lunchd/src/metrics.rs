@@ -685,6 +685,7 @@ mod tests {
         metrics.status.reloaded(Reload::Failed {
             at: 1_796_119_320,
             problem: "bad".to_owned(),
+            applied: false,
         });
         let text = metrics.render();
         assert_eq!(

@@ -138,7 +138,10 @@ async fn a_log_that_cannot_be_reopened_fails_the_reload() {
     lunchd.signal(libc::SIGHUP);
     let ready = notify.wait_for("READY=1", WAIT);
     let status = notify_field(ready.last().unwrap(), "STATUS").unwrap().to_owned();
-    assert!(status.starts_with("reload failed at "), "{status}");
+    assert!(
+        status.starts_with("reload failed at ") && status.contains(", the new configuration is served, but "),
+        "{status}"
+    );
     let reason = format!("cannot reopen the access log {}: ", log.display());
     assert!(status.contains(&reason), "{status}");
     lunchd.wait_log("reload failed", WAIT);
