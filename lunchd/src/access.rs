@@ -10,13 +10,15 @@
 //! full disk) it counts (`lunchd_access_log_dropped_total`) and says in a
 //! warning at most once a minute.
 //!
-//! Workers format each line into a buffer of their own thread's shard
-//! (a mutex no other worker takes); a writer thread swaps the buffers out
-//! every 100 ms and writes them with one `write` each. No worker waits for
-//! the disk or wakes another thread per request. The file is opened for
-//! appending, so logrotate's `copytruncate` works, and reopened on reload
-//! for logrotate's `create` with `postrotate systemctl reload lunchd`;
-//! what waits is written at shutdown.
+//! Workers format each line into the buffer of one of 8 shards, chosen by
+//! the thread's metrics shard (given out in turn): up to 8 threads each
+//! have a mutex no other takes, beyond that threads share shards. A writer
+//! thread swaps the buffers out every 100 ms and writes them with one
+//! `write` each. No worker waits for the disk or wakes another thread per
+//! request. The file is opened for appending, so logrotate's
+//! `copytruncate` works, and reopened on reload for logrotate's `create`
+//! with `postrotate systemctl reload lunchd`; what waits is written at
+//! shutdown.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -120,8 +122,9 @@ fn push_escaped(line: &mut String, text: &str) {
     }
 }
 
-/// Shards of the buffer records wait in; each thread appends to its
-/// own, so the worker threads do not contend.
+/// Shards of the buffer records wait in; a thread appends to the one of
+/// its metrics shard modulo this, so up to this many threads do not
+/// contend.
 const SHARDS: usize = 8;
 
 /// What one shard may hold before records are dropped (and counted):
@@ -198,18 +201,21 @@ impl AccessLog {
         self.shared.drain();
     }
 
-    /// Reopens the file (after logrotate moved it away).
-    pub fn reopen(&self) {
+    /// Reopens the file (after logrotate moved it away). When that fails
+    /// the file open before stays open, and records keep going there.
+    pub fn reopen(&self) -> anyhow::Result<()> {
         self.shared.drain();
         let mut output = lock(&self.shared.file);
-        match append(&output.path) {
-            Ok(file) => output.file = file,
-            Err(e) => tracing::error!(
-                file = %output.path.display(),
-                "cannot reopen the access log {}: {e}; still writing to the file open before",
+        let file = append(&output.path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reopen the access log {}: {e}; still writing to the file open before, which logrotate \
+                 may have moved: make {} a file lunchd can append to, then reload",
+                output.path.display(),
                 output.path.display()
-            ),
-        }
+            )
+        })?;
+        output.file = file;
+        Ok(())
     }
 
     /// Records dropped since the start.
@@ -350,7 +356,7 @@ mod tests {
         assert!(first.ends_with("\"/api/pick\" 200 1234 0.000512\n"), "{first}");
 
         std::fs::rename(&path, dir.path().join("access.log.1")).unwrap();
-        log.reopen();
+        log.reopen().unwrap();
         log.log(&Record {
             status: 404,
             ..record()
@@ -359,6 +365,26 @@ mod tests {
         assert!(second.contains(" 404 "), "{second}");
         let rotated = std::fs::read_to_string(dir.path().join("access.log.1")).unwrap();
         assert_eq!(rotated, first);
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_failed_reopen_says_why_and_keeps_the_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let rotated = dir.path().join("access.log.1");
+        let log = AccessLog::open(&path, false).unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        // Nothing can append to a directory, root included.
+        std::fs::create_dir(&path).unwrap();
+        let e = format!("{:#}", log.reopen().unwrap_err());
+        assert!(
+            e.starts_with(&format!("cannot reopen the access log {}: ", path.display())),
+            "{e}"
+        );
+        log.log(&record());
+        let kept = wait_for_lines(&rotated, 1);
+        assert!(kept.contains(" 200 "), "{kept}");
         assert_eq!(log.dropped(), 0);
     }
 

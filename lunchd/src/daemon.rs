@@ -116,7 +116,9 @@ struct Daemon {
     store: Arc<CertificateStore>,
     lunch: SharedLunch,
     policy: SharedPolicy,
-    https_port: u16,
+    /// The https socket's own port, which redirects name unless
+    /// `[http] https_port` says otherwise (at start and on every reload).
+    https_socket_port: u16,
     status: Arc<Status>,
     watch: Arc<Watch>,
     access: Option<&'static AccessLog>,
@@ -144,9 +146,9 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let store = CertificateStore::new(certificate);
     let https_local = https.local_addr().context("reading the https socket's address")?;
-    let https_port = config.https_port.unwrap_or(https_local.port());
+    let https_socket_port = https_local.port();
     let lunch: SharedLunch = Arc::new(ArcSwap::from_pointee(lunch_from(&config)));
-    let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(policy_from(&config, &store, https_port)));
+    let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(policy_from(&config, &store, https_socket_port)));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -277,7 +279,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<()> {
         store,
         lunch,
         policy,
-        https_port,
+        https_socket_port,
         status,
         watch: Arc::new(Watch::default()),
         access,
@@ -367,9 +369,12 @@ impl Daemon {
     async fn reload(&self) {
         notify::reloading();
         tracing::info!("reloading");
-        if let Some(access) = &self.access {
-            access.reopen();
-        }
+        // Reopened whatever the configuration says, so that a broken file
+        // does not keep lunchd writing to a log logrotate moved away.
+        let reopened = match &self.access {
+            Some(access) => access.reopen(),
+            None => Ok(()),
+        };
         let config_path = self.config_path.clone();
         let cli_files = self.cli_files.clone();
         let reload_dir = self.reload_dir.clone();
@@ -391,25 +396,45 @@ impl Daemon {
                     self.store.replace(certificate);
                 }
                 self.lunch.store(Arc::new(lunch_from(&config)));
-                self.policy.store(Arc::new(policy_from(
-                    &config,
-                    &self.store,
-                    config.https_port.unwrap_or(self.https_port),
-                )));
-                tracing::info!(
-                    "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits] and [proxy] take effect on restart"
-                );
-                self.status.reloaded(Reload::Ok {
-                    at: certwatch::unix_now(),
-                });
+                self.policy
+                    .store(Arc::new(policy_from(&config, &self.store, self.https_socket_port)));
+                match reopened {
+                    Ok(()) => {
+                        tracing::info!(
+                            "reloaded; listener addresses, http.redirect, https.hsts_max_age, [limits], [proxy] and \
+                             [log] take effect on restart"
+                        );
+                        self.status.reloaded(Reload::Ok {
+                            at: certwatch::unix_now(),
+                        });
+                    }
+                    // The certificate and configuration do not wait for the
+                    // log: a renewal must not fail for a logrotate setting.
+                    // The reload still counts as failed, so that it is seen.
+                    Err(e) => {
+                        let problem = format!("{e:#}");
+                        tracing::error!(
+                            "reload failed: the new configuration and certificate are served, but {problem}"
+                        );
+                        self.status.reloaded(Reload::Failed {
+                            at: certwatch::unix_now(),
+                            problem,
+                            applied: true,
+                        });
+                    }
+                }
                 notify::ready(&self.status());
             }
             Err(e) => {
-                let problem = format!("{e:#}");
+                let problem = match reopened {
+                    Ok(()) => format!("{e:#}"),
+                    Err(reopen) => format!("{e:#}; and {reopen:#}"),
+                };
                 tracing::error!("reload failed, still serving the previous configuration and certificate: {problem}");
                 self.status.reloaded(Reload::Failed {
                     at: certwatch::unix_now(),
                     problem,
+                    applied: false,
                 });
                 notify::ready(&self.status());
             }
@@ -449,14 +474,16 @@ fn lunch_from(config: &Config) -> Lunch {
     }
 }
 
-fn policy_from(config: &Config, store: &Arc<CertificateStore>, https_port: u16) -> RedirectPolicy {
+/// The redirect policy of `config`; redirects name `[http] https_port`,
+/// or else `https_socket_port`, the port the https socket listens on.
+fn policy_from(config: &Config, store: &Arc<CertificateStore>, https_socket_port: u16) -> RedirectPolicy {
     RedirectPolicy {
         allowed: match &config.allowed_hosts {
             Some(hosts) => AllowedHosts::List(hosts.clone()),
             None => AllowedHosts::Certificate(Arc::clone(store)),
         },
         canonical: config.canonical_host.clone(),
-        https_port,
+        https_port: config.https_port.unwrap_or(https_socket_port),
         acme_webroot: config.acme_webroot.clone(),
     }
 }

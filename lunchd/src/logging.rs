@@ -100,6 +100,47 @@ pub fn init(level: &str) {
     }
 }
 
+/// Makes a panic an error record: in the journal `<3>` before each of its
+/// lines (`journalctl -p err` finds it), where Rust's own hook would
+/// write lines journald stores as information. The panic itself goes on:
+/// a connection's task that panics ends alone, as before.
+///
+/// Before the subscriber is installed, or when it drops errors, Rust's
+/// own hook prints it instead; otherwise that hook is not called, so the
+/// panic is not written twice. A backtrace, when `RUST_BACKTRACE` asks for
+/// one, is part of the record.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !tracing::dispatcher::has_been_set() || !tracing::enabled!(Level::ERROR) {
+            default(info);
+            return;
+        }
+        let mut message = panic_message(std::thread::current().name(), info.location(), info.payload());
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            message.push_str(&format!("\nstack backtrace:\n{backtrace}"));
+        }
+        tracing::error!("{message}");
+    }));
+}
+
+/// `thread 'worker-0' panicked at src/app.rs:10:5: the message`, as Rust's
+/// own hook says it (and as tests look for it), on one line.
+fn panic_message(
+    thread: Option<&str>,
+    location: Option<&std::panic::Location<'_>>,
+    payload: &(dyn std::any::Any + Send),
+) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
+    let at = location.map_or_else(|| "an unknown location".to_owned(), ToString::to_string);
+    format!("thread '{}' panicked at {at}: {text}", thread.unwrap_or("<unnamed>"))
+}
+
 /// Prints the error that ends the process, as an error in the journal.
 pub fn fatal(message: &str) {
     let line = format!("lunchd: error: {message}\n");
@@ -183,6 +224,93 @@ mod tests {
         );
         check_prefix(6, "no newline", "<6>no newline");
         check_prefix(6, "", "");
+    }
+
+    #[test]
+    fn a_panic_is_described_as_rust_describes_it() {
+        let location = std::panic::Location::caller();
+        let at = format!("{}:{}:{}", location.file(), location.line(), location.column());
+        let check = |thread, payload: &(dyn std::any::Any + Send), expected: String| {
+            assert_eq!(panic_message(thread, Some(location), payload), expected);
+        };
+        check(
+            Some("worker-0"),
+            &"index out of bounds",
+            format!("thread 'worker-0' panicked at {at}: index out of bounds"),
+        );
+        check(
+            None,
+            &String::from("formatted 7"),
+            format!("thread '<unnamed>' panicked at {at}: formatted 7"),
+        );
+        check(
+            Some("main"),
+            &7_u32,
+            format!("thread 'main' panicked at {at}: Box<dyn Any>"),
+        );
+        assert_eq!(
+            panic_message(Some("main"), None, &"x"),
+            "thread 'main' panicked at an unknown location: x"
+        );
+    }
+
+    /// Set in the child process of [`a_panic_reaches_the_journal_as_an_error`].
+    const CHILD: &str = "LUNCHD_PANIC_HOOK_CHILD";
+
+    /// What the child process does: a journal subscriber and the hook,
+    /// then a thread that panics, then a line to show the process lives on.
+    /// Not a test of its own: run (as ignored) only by the test above.
+    #[test]
+    #[ignore = "the child process of a_panic_reaches_the_journal_as_an_error"]
+    fn panic_hook_child_process() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        init("info");
+        install_panic_hook();
+        let joined = std::thread::Builder::new()
+            .name("worker-7".to_owned())
+            .spawn(|| panic!("the dish is gone\nsecond line"))
+            .unwrap()
+            .join();
+        assert!(joined.is_err());
+        tracing::info!("still serving");
+    }
+
+    #[test]
+    fn a_panic_reaches_the_journal_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stderr");
+        let stderr = std::fs::File::create(&path).unwrap();
+        let metadata = stderr.metadata().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "logging::tests::panic_hook_child_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .env(CHILD, "1")
+            .env("JOURNAL_STREAM", format!("{}:{}", metadata.dev(), metadata.ino()))
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(status.success(), "{status}: {text}");
+        let panics: Vec<&str> = text.lines().filter(|l| l.contains("panicked")).collect();
+        assert_eq!(panics.len(), 1, "written once:\n{text}");
+        assert!(
+            panics[0].starts_with("<3>ERROR thread 'worker-7' panicked at lunchd/src/logging.rs:"),
+            "{text}"
+        );
+        assert!(panics[0].ends_with(": the dish is gone"), "{text}");
+        assert!(text.contains("\n<3>second line\n"), "{text}");
+        assert!(text.contains("<6>INFO still serving\n"), "{text}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::cli::{Cli, Command};
 use crate::config::Config;
 
 fn main() -> ExitCode {
+    logging::install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

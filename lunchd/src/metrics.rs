@@ -25,11 +25,11 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use lunch_net::quic::QuicStats;
-use lunch_net::tls::CertificateStore;
+use lunch_net::tls::{CertificateInfo, CertificateStore};
 
 use crate::access::AccessLog;
 use crate::certwatch;
-use crate::status::Status;
+use crate::status::{Reloads, Status};
 
 /// How many shards each sharded counter has: the first `SHARDS - 1`
 /// threads to count own one each; any beyond share [`SHARED`] (still
@@ -344,18 +344,22 @@ impl Metrics {
 
     /// The exposition, in the text format 0.0.4.
     pub fn render(&self) -> String {
+        // Read once per scrape: a reload between two families would
+        // otherwise give one certificate's start and another's end.
+        let reloads = self.status.reloads();
+        let info = self.store.info();
         let mut out = String::with_capacity(4096);
         for family in FAMILIES {
             let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
             let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
-            self.samples(family.name, &mut out);
+            self.samples(family.name, &info, &reloads, &mut out);
         }
         out
     }
 
-    fn samples(&self, name: &str, out: &mut String) {
-        let reloads = self.status.reloads();
-        let info = self.store.info();
+    /// The samples of the family `name`, for the certificate `info` and
+    /// the reloads `reloads` of this scrape.
+    fn samples(&self, name: &str, info: &CertificateInfo, reloads: &Reloads, out: &mut String) {
         let serial = label_value(&info.serial);
         match name {
             "lunchd_build_info" => sample(out, name, &format!("version=\"{}\"", label_value(self.version)), 1),
@@ -681,6 +685,7 @@ mod tests {
         metrics.status.reloaded(Reload::Failed {
             at: 1_796_119_320,
             problem: "bad".to_owned(),
+            applied: false,
         });
         let text = metrics.render();
         assert_eq!(

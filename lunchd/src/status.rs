@@ -15,9 +15,11 @@ pub enum Reload {
     None { started: i64 },
     /// The last one succeeded at this time.
     Ok { at: i64 },
-    /// The last one failed at this time, for this reason; the previous
-    /// configuration and certificate are still served.
-    Failed { at: i64, problem: String },
+    /// The last one failed at this time, for this reason. Unless
+    /// `applied`, the previous configuration and certificate are still
+    /// served; with it the new ones are, and what failed was beside them
+    /// (the access log could not be reopened).
+    Failed { at: i64, problem: String, applied: bool },
 }
 
 /// What the reloads since the start came to, for the metrics.
@@ -105,11 +107,13 @@ impl Status {
 
 fn line(serving: &str, reload: &Reload, info: &CertificateInfo, check: &Check) -> String {
     let mut parts = Vec::new();
-    if let Reload::Failed { at, problem } = reload {
-        parts.push(format!(
-            "reload failed at {}, still serving the previous configuration: {problem}",
-            format_utc(*at)
-        ));
+    if let Reload::Failed { at, problem, applied } = reload {
+        let served = if *applied {
+            "the new configuration is served, but"
+        } else {
+            "still serving the previous configuration:"
+        };
+        parts.push(format!("reload failed at {}, {served} {problem}", format_utc(*at)));
     }
     let certificate = check.status(info);
     if check.urgency != Urgency::Fine {
@@ -186,11 +190,25 @@ mod tests {
             Reload::Failed {
                 at: START + HOUR,
                 problem: "the certificate in /x expired on 2026-11-30; renew it".to_owned(),
+                applied: false,
             },
             &ninety_days,
             START + HOUR,
             "reload failed at 2026-12-01 11:00:00 UTC, still serving the previous configuration: \
              the certificate in /x expired on 2026-11-30; renew it; \
+             https on 0.0.0.0:443, http redirect on 0.0.0.0:80 for lunch.example.com; \
+             certificate expires in 89 days (2027-03-01 09:00:00 UTC)",
+        );
+        check(
+            Reload::Failed {
+                at: START + HOUR,
+                problem: "cannot reopen the access log /l: Is a directory".to_owned(),
+                applied: true,
+            },
+            &ninety_days,
+            START + HOUR,
+            "reload failed at 2026-12-01 11:00:00 UTC, the new configuration is served, but \
+             cannot reopen the access log /l: Is a directory; \
              https on 0.0.0.0:443, http redirect on 0.0.0.0:80 for lunch.example.com; \
              certificate expires in 89 days (2027-03-01 09:00:00 UTC)",
         );

@@ -195,6 +195,20 @@ fn canonical_host_public_port_and_acme_webroot() {
             "{target}: {response}"
         );
     }
+
+    // Without the key, a reload falls back to the https socket's own port.
+    support::write_atomic(
+        &dir.path().join("lunchd.toml"),
+        config.replace("https_port = 443\n", "").as_bytes(),
+    );
+    lunchd.signal(libc::SIGHUP);
+    lunchd.wait_log("reloaded;", Duration::from_secs(10));
+    assert_eq!(
+        location(http, "/x", Some("lunch.test")),
+        format!("301 https://lunch.test:{}/x", lunchd.port("https")),
+        "{}",
+        lunchd.log()
+    );
 }
 
 #[test]
