@@ -370,9 +370,14 @@ impl Daemon {
         notify::reloading();
         tracing::info!("reloading");
         // Reopened whatever the configuration says, so that a broken file
-        // does not keep lunchd writing to a log logrotate moved away.
-        let reopened = match &self.access {
-            Some(access) => access.reopen(),
+        // does not keep lunchd writing to a log logrotate moved away. Off
+        // this thread, which runs the accept loops and the watchdog: the
+        // reopen writes out what the workers have buffered first.
+        let reopened = match self.access {
+            Some(access) => tokio::task::spawn_blocking(move || access.reopen())
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r),
             None => Ok(()),
         };
         let config_path = self.config_path.clone();
