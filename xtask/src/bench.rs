@@ -17,6 +17,7 @@ use anyhow::Context;
 
 mod h3;
 mod idle;
+mod instructions;
 mod load;
 mod procs;
 mod servers;
@@ -66,6 +67,13 @@ pub(crate) struct Args {
     /// and nginx's, both run from the e2e's forky tree (see bench/h3.rs).
     #[arg(long)]
     h3: bool,
+    /// Instead of the load tests: count lunchd's user-space instructions
+    /// per request under callgrind (valgrind), HTTP/1.1 and HTTP/2 kept
+    /// alive and the redirect, for the default lunchd and each `--with`
+    /// feature, `--rounds` times; repeatable where CPU time is not, so it
+    /// can resolve a feature's cost of a few percent.
+    #[arg(long, conflicts_with_all = ["against", "idle", "h3"])]
+    instructions: bool,
     /// Where results go [default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -167,6 +175,22 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     report.start_to_ready_ms.push(ms(lunchd.start_to_ready));
     if let Some(n) = args.idle {
         return idle_only(&lunchd, &Nginx::start(&cert, &scratch)?, &cert, usize::from(n), &out);
+    }
+    if args.instructions {
+        drop(lunchd);
+        let markdown = instructions::run(
+            &binary,
+            &cert,
+            &scratch,
+            &notify,
+            &args.features,
+            args.rounds,
+            args.quick,
+        )?;
+        println!("{markdown}");
+        std::fs::write(out.join("instructions.md"), &markdown)?;
+        eprintln!("bench: results in {}", out.join("instructions.md").display());
+        return Ok(());
     }
     let variants = args
         .features

@@ -3,7 +3,7 @@
 //! memory sampling, reloads, the result files). It asserts no speed.
 //!
 //! Needs the bench's tools (`lunch_testkit::BENCH_TOOLS`: wrk, h2load, ab,
-//! openssl, curl, systemd-socket-activate, kill) and pgrep; it fails,
+//! openssl, curl, systemd-socket-activate, kill, valgrind) and pgrep; it fails,
 //! naming the package, where one is missing (`cargo xtask test` installs
 //! them).
 
@@ -14,8 +14,8 @@ use std::process::Command;
 use lunch_testkit::{BENCH_TOOLS, Checked, require_tool};
 
 /// Runs `cargo xtask bench ARGS --lunchd <debug lunchd> --out DIR` and
-/// returns DIR with its parsed results.json.
-fn bench(args: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
+/// returns DIR.
+fn bench_into(args: &[&str]) -> tempfile::TempDir {
     for (tool, package) in BENCH_TOOLS {
         require_tool(tool, package);
     }
@@ -30,6 +30,12 @@ fn bench(args: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
         .arg(out.path())
         .read_checked()
         .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// As [`bench_into`], with the parsed results.json.
+fn bench(args: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
+    let out = bench_into(args);
     let json = serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
     (out, json)
 }
@@ -127,4 +133,21 @@ fn quick_bench_compares_lunchd_with_its_features_on() {
         log.lines().count()
     );
     assert!(!out.path().join("run/access.log").exists());
+}
+
+#[test]
+fn instruction_counts_per_request_with_and_without_a_feature() {
+    let out = bench_into(&["--instructions", "--quick", "--with", "metrics"]);
+    let md = std::fs::read_to_string(out.path().join("instructions.md")).unwrap();
+    for test in ["HTTPS HTTP/1.1", "HTTPS HTTP/2", "HTTP→HTTPS redirect"] {
+        for server in ["lunchd", "lunchd+metrics"] {
+            let row = md
+                .lines()
+                .find(|l| l.starts_with(&format!("| {test}")) && l.contains(&format!("| {server} |")))
+                .unwrap_or_else(|| panic!("no row for {server} in {test}:\n{md}"));
+            let count: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+            // A request is thousands of instructions: parsing, TLS, routing.
+            assert!(count > 1000.0, "{row}");
+        }
+    }
 }

@@ -111,7 +111,21 @@ impl Lunchd {
         notify: &NotifySocket,
         feature: Option<Feature>,
     ) -> anyhow::Result<Lunchd> {
-        Lunchd::launch(binary, cert, dir, notify, feature, false)
+        Lunchd::launch(binary, cert, dir, notify, feature, false, &[])
+    }
+
+    /// As [`start`](Lunchd::start), with lunchd run by `wrapper` (a
+    /// command and its arguments, such as valgrind's), which then has
+    /// lunchd's PID and sockets.
+    pub(crate) fn start_under(
+        binary: &Path,
+        cert: &Certificate,
+        dir: &Path,
+        notify: &NotifySocket,
+        feature: Option<Feature>,
+        wrapper: &[String],
+    ) -> anyhow::Result<Lunchd> {
+        Lunchd::launch(binary, cert, dir, notify, feature, false, wrapper)
     }
 
     /// As [`start`](Lunchd::start), with a UDP socket named `quic` too.
@@ -125,7 +139,7 @@ impl Lunchd {
         dir: &Path,
         notify: &NotifySocket,
     ) -> anyhow::Result<Lunchd> {
-        Lunchd::launch(binary, cert, dir, notify, None, true)
+        Lunchd::launch(binary, cert, dir, notify, None, true, &[])
     }
 
     fn launch(
@@ -135,6 +149,7 @@ impl Lunchd {
         notify: &NotifySocket,
         feature: Option<Feature>,
         quic: bool,
+        wrapper: &[String],
     ) -> anyhow::Result<Lunchd> {
         let (http, https) = (free_port()?, free_port()?);
         let quic = quic.then(free_udp_port).transpose()?;
@@ -183,6 +198,7 @@ impl Lunchd {
         let mut child = command
             .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.path.display()))
             .arg(format!("--setenv=LOGS_DIRECTORY={}", dir.display()))
+            .args(wrapper)
             .arg(binary)
             .arg("--config")
             .arg(&config)
@@ -219,7 +235,9 @@ impl Lunchd {
             }
             None => Some(TcpStream::connect(("127.0.0.1", https)).context("activating lunchd")?),
         };
-        let ready = ready_at(notify, Duration::from_secs(15))
+        // Under a wrapper such as valgrind lunchd starts tens of times slower.
+        let ready_within = Duration::from_secs(if wrapper.is_empty() { 15 } else { 90 });
+        let ready = ready_at(notify, ready_within)
             .with_context(|| format!("lunchd did not get ready; see {}", dir.join("lunchd.log").display()))?;
         drop(trigger);
         Ok(Lunchd {

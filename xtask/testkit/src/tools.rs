@@ -27,6 +27,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
     ("promtool", "prometheus"),
+    ("valgrind", "valgrind"),
+    ("callgrind_control", "valgrind"),
 ];
 
 /// What `cargo xtask bench` drives (nginx aside, for `--against nginx`),
@@ -39,6 +41,8 @@ pub const BENCH_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("systemd-socket-activate", "systemd"),
     ("kill", "procps"),
+    ("valgrind", "valgrind"),
+    ("callgrind_control", "valgrind"),
 ];
 
 /// Where `command` is: on the PATH, or in the sbin directories a non-root
