@@ -760,6 +760,17 @@ mod tests {
             let listen: Vec<&str> = socket.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
             assert_eq!(listen, ["127.0.0.1:9100"]);
             assert!(socket.lines().any(|l| l == "FileDescriptorName=metrics"), "{socket}");
+            // ADDR may be on a network that is not up when sockets bind.
+            assert!(socket.lines().any(|l| l == "FreeBind=yes"), "{socket}");
+            let template = fs::read_to_string(root.join("deploy").join(METRICS_SOCKET)).unwrap();
+            assert_eq!(
+                socket,
+                template.replace(
+                    &format!("\nListenStream={TEMPLATE_METRICS}\n"),
+                    "\nListenStream=127.0.0.1:9100\n"
+                ),
+                "only ListenStream= differs from deploy/{METRICS_SOCKET}"
+            );
             let service = text(SERVICE);
             assert!(
                 service
@@ -811,6 +822,7 @@ mod tests {
         let socket = std::fs::read_to_string(crate::project_root().join("deploy").join(METRICS_SOCKET)).unwrap();
         assert!(socket.contains(&format!("\nListenStream={TEMPLATE_METRICS}\n")));
         assert!(socket.contains("\nService=lunchd.service\n"));
+        assert!(socket.contains("\nFreeBind=yes\n"));
         assert!(!socket.contains("IPAddress"));
     }
 
