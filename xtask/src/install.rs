@@ -77,7 +77,8 @@ pub(crate) struct InstallArgs {
     /// The lunchd binary to install [default: target/release/lunchd].
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
-    /// Skip `systemd-analyze verify` of the written units.
+    /// Skip `systemd-analyze verify`, which otherwise checks the units
+    /// before anything is written.
     #[arg(long)]
     no_verify: bool,
     /// Also serve HTTP/3: install lunchd-quic.socket (UDP 443) and add it
@@ -159,14 +160,7 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
             binary.display()
         );
     }
-    for file in &files {
-        write_file(&args.destdir, file)?;
-    }
-    if args.no_verify {
-        println!("skipped systemd-analyze verify (--no-verify)");
-    } else {
-        verify(&args.destdir, &files, version)?;
-    }
+    write_verified(&args.destdir, &files, version, !args.no_verify)?;
     if to_root {
         Command::new("systemctl").arg("daemon-reload").run_checked()?;
         let optional: Vec<&str> = [QUIC_SOCKET, METRICS_SOCKET]
@@ -543,38 +537,45 @@ fn write_file(destdir: &Path, file: &File) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `systemd-analyze verify` of the written units. Under a destdir it runs
-/// with `--root=` on a scratch tree holding the written files and this
-/// host's own unit directory (the units need sysinit.target and the like).
-/// Warnings about lunchd's units fail it too, except, when the units are
-/// for a newer systemd than the analyzer, the settings that version added.
-fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
-    let scratch;
-    let root = if destdir == Path::new("/") {
-        None
+/// Writes `files` under `destdir`, after `systemd-analyze verify` passed
+/// them (when `check`): a unit that fails it is never written, and what was
+/// installed before stays as it was.
+fn write_verified(destdir: &Path, files: &[File], version: u32, check: bool) -> anyhow::Result<()> {
+    if check {
+        verify(files, version)?;
     } else {
-        scratch = tempfile::Builder::new()
-            .prefix("lunchd-verify-")
-            .tempdir()
-            .context("creating a scratch directory")?;
-        copy_dir(
-            Path::new("/usr/lib/systemd/system"),
-            &scratch.path().join("usr/lib/systemd/system"),
-        )?;
-        for file in files {
-            let from = under(destdir, &file.path);
-            let to = under(scratch.path(), &file.path);
-            fs::create_dir_all(to.parent().unwrap_or(scratch.path()))?;
-            if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
-            }
-        }
-        Some(scratch.path().to_owned())
-    };
-    let mut args = vec!["verify".to_owned(), "--man=no".to_owned(), "--generators=no".to_owned()];
-    if let Some(root) = &root {
-        args.push(format!("--root={}", root.display()));
+        println!("skipped systemd-analyze verify (--no-verify)");
     }
+    for file in files {
+        write_file(destdir, file)?;
+    }
+    Ok(())
+}
+
+/// `systemd-analyze verify` of the units before they are written: it runs
+/// with `--root=` on a scratch tree holding every file install-units would
+/// write and this host's own unit directory (the units need sysinit.target
+/// and the like). Warnings about lunchd's units fail it too, except, when
+/// the units are for a newer systemd than the analyzer, the settings that
+/// version added.
+fn verify(files: &[File], version: u32) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("lunchd-verify-")
+        .tempdir()
+        .context("creating a scratch directory")?;
+    copy_dir(
+        Path::new("/usr/lib/systemd/system"),
+        &scratch.path().join("usr/lib/systemd/system"),
+    )?;
+    for file in files {
+        stage_file(scratch.path(), file)?;
+    }
+    let mut args = vec![
+        "verify".to_owned(),
+        "--man=no".to_owned(),
+        "--generators=no".to_owned(),
+        format!("--root={}", scratch.path().display()),
+    ];
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
     for unit in [QUIC_SOCKET, METRICS_SOCKET] {
         if files.iter().any(|f| f.path == unit_path(unit)) {
@@ -628,6 +629,28 @@ fn verify(destdir: &Path, files: &[File], version: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `file` under the scratch root `root`, for `verify`: a copy (or, where
+/// the mode is already right, a hard link) of what would be written.
+fn stage_file(root: &Path, file: &File) -> anyhow::Result<()> {
+    let path = under(root, &file.path);
+    let parent = path.parent().context("a file without a directory")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    match &file.contents {
+        Contents::Text(text) => fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+        Contents::Copy(source) => {
+            // A link shares the source's mode, which must not be changed.
+            let linked = fs::metadata(source).is_ok_and(|m| m.permissions().mode() & 0o7777 == file.mode)
+                && fs::hard_link(source, &path).is_ok();
+            if linked {
+                return Ok(());
+            }
+            fs::copy(source, &path).with_context(|| format!("copying {}", source.display()))?;
+        }
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(file.mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
 /// Copies the files and symlinks of `from` (one level of subdirectories
 /// deep, as unit directories are) to `to`.
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -673,10 +696,9 @@ fn print_next_steps(domain: &str, to_root: bool) {
 mod tests {
     use super::*;
 
-    /// Writes the units for `version` with `edit` applied to the service
-    /// under a scratch destdir, and verifies them.
-    fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
-        let destdir = tempfile::tempdir().unwrap();
+    /// The files install-units plans for `version` with `edit` applied to
+    /// the service.
+    fn edited(version: u32, edit: impl Fn(String) -> String) -> Vec<File> {
         let binary = std::env::current_exe().unwrap();
         let root = crate::project_root();
         let mut files = plan(&root, &binary, "lunch.example", Path::new(TEMPLATE_PREFIX), version).unwrap();
@@ -684,9 +706,38 @@ mod tests {
             if let (true, Contents::Text(text)) = (file.path.ends_with(SERVICE), &mut file.contents) {
                 *text = edit(std::mem::take(text));
             }
-            write_file(destdir.path(), file).unwrap();
         }
-        verify(destdir.path(), &files, version)
+        files
+    }
+
+    /// Verifies the units for `version` with `edit` applied to the service.
+    fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
+        verify(&edited(version, edit), version)
+    }
+
+    #[test]
+    fn units_that_fail_verify_are_not_written() {
+        let destdir = tempfile::tempdir().unwrap();
+        let installed = under(destdir.path(), &unit_path(SERVICE));
+        write_verified(destdir.path(), &edited(252, |unit| unit), 252, true).unwrap();
+        let before = fs::read_to_string(&installed).unwrap();
+        // A later install whose service fails verify (a key systemd does not
+        // know, and a socket that changed beside it).
+        let mut files = edited(252, |unit| unit.replace("ProtectHome=yes", "ProtectHomes=yes"));
+        for file in &mut files {
+            if let (true, Contents::Text(text)) = (file.path.ends_with(SOCKETS[0]), &mut file.contents) {
+                text.push_str("# changed\n");
+            }
+        }
+        let error = write_verified(destdir.path(), &files, 252, true).unwrap_err();
+        assert!(format!("{error:#}").contains("ProtectHomes"), "{error:#}");
+        assert_eq!(fs::read_to_string(&installed).unwrap(), before);
+        let socket = fs::read_to_string(under(destdir.path(), &unit_path(SOCKETS[0]))).unwrap();
+        assert!(!socket.contains("# changed"), "{socket}");
+        // Into an empty destdir, nothing at all.
+        let empty = tempfile::tempdir().unwrap();
+        write_verified(empty.path(), &files, 252, true).unwrap_err();
+        assert_eq!(fs::read_dir(empty.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -760,6 +811,17 @@ mod tests {
             let listen: Vec<&str> = socket.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
             assert_eq!(listen, ["127.0.0.1:9100"]);
             assert!(socket.lines().any(|l| l == "FileDescriptorName=metrics"), "{socket}");
+            // ADDR may be on a network that is not up when sockets bind.
+            assert!(socket.lines().any(|l| l == "FreeBind=yes"), "{socket}");
+            let template = fs::read_to_string(root.join("deploy").join(METRICS_SOCKET)).unwrap();
+            assert_eq!(
+                socket,
+                template.replace(
+                    &format!("\nListenStream={TEMPLATE_METRICS}\n"),
+                    "\nListenStream=127.0.0.1:9100\n"
+                ),
+                "only ListenStream= differs from deploy/{METRICS_SOCKET}"
+            );
             let service = text(SERVICE);
             assert!(
                 service
@@ -811,6 +873,7 @@ mod tests {
         let socket = std::fs::read_to_string(crate::project_root().join("deploy").join(METRICS_SOCKET)).unwrap();
         assert!(socket.contains(&format!("\nListenStream={TEMPLATE_METRICS}\n")));
         assert!(socket.contains("\nService=lunchd.service\n"));
+        assert!(socket.contains("\nFreeBind=yes\n"));
         assert!(!socket.contains("IPAddress"));
     }
 

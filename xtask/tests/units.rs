@@ -362,6 +362,11 @@ fn copy_credentials_gives_the_runtime_directory_owner_a_private_copy() {
         .collect();
     left.sort();
     assert_eq!(left, ["fullchain.pem", "privkey.pem"], "temporary files left behind");
+    assert_eq!(
+        staging_left(dir.path()),
+        Vec::<String>::new(),
+        "staging directories left behind"
+    );
 
     std::fs::remove_file(live.join("fullchain.pem")).unwrap();
     let out = copy();
@@ -369,6 +374,83 @@ fn copy_credentials_gives_the_runtime_directory_owner_a_private_copy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"), "{out:?}");
     // A failed copy leaves the last good one in place.
     assert_eq!(read(&runtime.join("fullchain.pem")), "fullchain 2\n");
+}
+
+/// The entries of `dir` named like the copy's staging directories.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".lunchd-credentials."))
+        .collect()
+}
+
+/// The copy runs as root in a directory the service owns: what the service
+/// left there is replaced, never followed. A symlink to a directory (where
+/// `mv` would drop the key into, for a later user of the dynamic uid to
+/// read) or to a file becomes the copy itself; a directory makes it fail.
+#[test]
+fn copy_credentials_replaces_symlinks_in_the_runtime_directory_and_never_follows_them() {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let runtime = dir.path().join("run-lunchd");
+    let elsewhere = dir.path().join("var-tmp");
+    for d in [&live, &runtime, &elsewhere] {
+        std::fs::create_dir(d).unwrap();
+    }
+    for name in ["privkey", "fullchain"] {
+        std::fs::write(live.join(format!("{name}.pem")), format!("{name} new\n")).unwrap();
+    }
+    let outside = dir.path().join("outside.pem");
+    std::fs::write(&outside, "not lunchd's\n").unwrap();
+    symlink(&elsewhere, runtime.join("privkey.pem")).unwrap();
+    symlink(&outside, runtime.join("fullchain.pem")).unwrap();
+    let script = root().join("deploy/lunchd-copy-credentials");
+    let copy = || {
+        Command::new(&script)
+            .arg(&live)
+            .arg(&runtime)
+            .output()
+            .expect("running deploy/lunchd-copy-credentials")
+    };
+
+    let out = copy();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "the key was moved into the directory a symlink in the runtime directory named"
+    );
+    assert_eq!(read(&outside), "not lunchd's\n", "the copy wrote through a symlink");
+    for name in ["privkey", "fullchain"] {
+        let copied = runtime.join(format!("{name}.pem"));
+        let meta = std::fs::symlink_metadata(&copied).unwrap();
+        assert!(meta.file_type().is_file(), "{} is not a regular file", copied.display());
+        assert_eq!(meta.mode() & 0o7777, 0o400);
+        assert_eq!(read(&copied), format!("{name} new\n"));
+    }
+
+    // A directory cannot be replaced by a file: the copy fails, and puts
+    // nothing inside it.
+    let privkey = runtime.join("privkey.pem");
+    std::fs::remove_file(&privkey).unwrap();
+    std::fs::create_dir(&privkey).unwrap();
+    let out = copy();
+    assert!(
+        !out.status.success(),
+        "the copy succeeded with a directory at privkey.pem"
+    );
+    assert_eq!(
+        std::fs::read_dir(&privkey).unwrap().count(),
+        0,
+        "the key landed in a directory"
+    );
+    assert_eq!(
+        staging_left(dir.path()),
+        Vec::<String>::new(),
+        "staging directories left behind"
+    );
 }
 
 /// The certbot hook reloads lunchd for lunchd's certificate (or when run by
