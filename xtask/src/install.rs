@@ -541,41 +541,73 @@ fn write_file(destdir: &Path, file: &File) -> anyhow::Result<()> {
 /// them (when `check`): a unit that fails it is never written, and what was
 /// installed before stays as it was.
 fn write_verified(destdir: &Path, files: &[File], version: u32, check: bool) -> anyhow::Result<()> {
-    if check {
-        verify(files, version)?;
-    } else {
+    if !check {
         println!("skipped systemd-analyze verify (--no-verify)");
+        return files.iter().try_for_each(|file| write_file(destdir, file));
     }
-    for file in files {
-        write_file(destdir, file)?;
+    if destdir != Path::new("/") {
+        verify(files, version, false)?;
+        return files.iter().try_for_each(|file| write_file(destdir, file));
+    }
+    // Installed on this system, the units are verified where they are:
+    // a scratch root would lack the programs they run (/bin/kill). What
+    // was there before is put back if they fail.
+    let previous = files
+        .iter()
+        .map(|file| {
+            let path = under(destdir, &file.path);
+            let before = fs::read(&path).ok().map(|bytes| {
+                let mode = fs::metadata(&path).map_or(file.mode, |m| m.permissions().mode() & 0o7777);
+                (bytes, mode)
+            });
+            (path, before)
+        })
+        .collect::<Vec<_>>();
+    let written = files.iter().try_for_each(|file| write_file(destdir, file));
+    let verified = written.and_then(|()| verify(files, version, true));
+    if let Err(e) = verified {
+        for (path, before) in previous {
+            let restored = match before {
+                Some((bytes, mode)) => {
+                    fs::write(&path, bytes).and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(mode)))
+                }
+                None => fs::remove_file(&path).or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                }),
+            };
+            if let Err(undo) = restored {
+                eprintln!("xtask: could not restore {}: {undo}", path.display());
+            }
+        }
+        return Err(e.context("nothing was installed: the files from before are back"));
     }
     Ok(())
 }
 
-/// `systemd-analyze verify` of the units before they are written: it runs
-/// with `--root=` on a scratch tree holding every file install-units would
-/// write and this host's own unit directory (the units need sysinit.target
-/// and the like). Warnings about lunchd's units fail it too, except, when
-/// the units are for a newer systemd than the analyzer, the settings that
+/// `systemd-analyze verify` of the units: `live`, of those written to
+/// this system; otherwise before they are written, with `--root=` on a
+/// scratch tree holding every file install-units would write and this
+/// host's own unit directory (the units need sysinit.target and the
+/// like). Warnings about lunchd's units fail it too, except, when the
+/// units are for a newer systemd than the analyzer, the settings that
 /// version added.
-fn verify(files: &[File], version: u32) -> anyhow::Result<()> {
+fn verify(files: &[File], version: u32, live: bool) -> anyhow::Result<()> {
+    let mut args = vec!["verify".to_owned(), "--man=no".to_owned(), "--generators=no".to_owned()];
     let scratch = tempfile::Builder::new()
         .prefix("lunchd-verify-")
         .tempdir()
         .context("creating a scratch directory")?;
-    copy_dir(
-        Path::new("/usr/lib/systemd/system"),
-        &scratch.path().join("usr/lib/systemd/system"),
-    )?;
-    for file in files {
-        stage_file(scratch.path(), file)?;
+    if !live {
+        copy_dir(
+            Path::new("/usr/lib/systemd/system"),
+            &scratch.path().join("usr/lib/systemd/system"),
+        )?;
+        for file in files {
+            stage_file(scratch.path(), file)?;
+        }
+        args.push(format!("--root={}", scratch.path().display()));
     }
-    let mut args = vec![
-        "verify".to_owned(),
-        "--man=no".to_owned(),
-        "--generators=no".to_owned(),
-        format!("--root={}", scratch.path().display()),
-    ];
     args.extend([SERVICE, SOCKETS[0], SOCKETS[1]].map(str::to_owned));
     for unit in [QUIC_SOCKET, METRICS_SOCKET] {
         if files.iter().any(|f| f.path == unit_path(unit)) {
@@ -712,7 +744,7 @@ mod tests {
 
     /// Verifies the units for `version` with `edit` applied to the service.
     fn verify_edited(version: u32, edit: impl Fn(String) -> String) -> anyhow::Result<()> {
-        verify(&edited(version, edit), version)
+        verify(&edited(version, edit), version, false)
     }
 
     #[test]
