@@ -62,21 +62,44 @@ fn format(record: &Record<'_>) -> String {
     line
 }
 
-/// [`format`], appended to `line`.
+/// [`format`], appended to `line`. Written byte by byte rather than
+/// through `core::fmt`, which cost most of a record: the timestamp up to
+/// the second is kept per thread and remade once a second, the numbers
+/// and an IPv4 address are written digit by digit.
 fn format_into(line: &mut String, record: &Record<'_>) {
     let since = record.time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
-    let date = lunch_core::Date::from_days_since_epoch(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    let _ = write!(
-        line,
-        "{date}T{:02}:{:02}:{:02}.{:03}Z ",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    );
+    STAMP.with(|stamp| {
+        let mut stamp = stamp.borrow_mut();
+        if stamp.0 != Some(secs) {
+            let date = lunch_core::Date::from_days_since_epoch(secs.div_euclid(86_400));
+            let rem = secs.rem_euclid(86_400);
+            stamp.1.clear();
+            let _ = write!(
+                stamp.1,
+                "{date}T{:02}:{:02}:{:02}.",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            );
+            stamp.0 = Some(secs);
+        }
+        line.push_str(&stamp.1);
+    });
+    push_number(line, u64::from(since.subsec_millis()), 3);
+    line.push_str("Z ");
     match record.client {
+        Some(SocketAddr::V4(client)) => {
+            for (i, octet) in client.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push('.');
+                }
+                push_number(line, u64::from(octet), 1);
+            }
+            line.push(':');
+            push_number(line, u64::from(client.port()), 1);
+            line.push(' ');
+        }
         Some(client) => {
             let _ = write!(line, "{client} ");
         }
@@ -89,15 +112,44 @@ fn format_into(line: &mut String, record: &Record<'_>) {
     push_token(line, record.method);
     line.push_str(" \"");
     push_escaped(line, record.target);
-    let _ = write!(line, "\" {} ", record.status);
+    line.push_str("\" ");
+    push_number(line, u64::from(record.status), 1);
+    line.push(' ');
     match record.bytes {
         Some(bytes) => {
-            let _ = write!(line, "{bytes} ");
+            push_number(line, bytes, 1);
+            line.push(' ');
         }
         None => line.push_str("- "),
     }
-    let micros = record.duration.as_micros();
-    let _ = writeln!(line, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    let micros = u64::try_from(record.duration.as_micros()).unwrap_or(u64::MAX);
+    push_number(line, micros / 1_000_000, 1);
+    line.push('.');
+    push_number(line, micros % 1_000_000, 6);
+    line.push('\n');
+}
+
+thread_local! {
+    /// The second the timestamp prefix below is for, and the prefix:
+    /// `2026-12-01T10:00:00.`.
+    static STAMP: std::cell::RefCell<(Option<i64>, String)> = const {
+        std::cell::RefCell::new((None, String::new()))
+    };
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits.
+fn push_number(line: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while n > 0 || start == digits.len() {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    for &digit in &digits[start..] {
+        line.push(char::from(digit));
+    }
 }
 
 /// A field that should hold no space: escaped like the path.
@@ -113,11 +165,14 @@ fn push_token(line: &mut String, token: &str) {
 /// anything else as `\xNN` bytes, so one record stays one parsable line
 /// whatever a client sends.
 fn push_escaped(line: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for byte in text.bytes() {
         if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' {
             line.push(char::from(byte));
         } else {
-            let _ = write!(line, "\\x{byte:02x}");
+            line.push_str("\\x");
+            line.push(char::from(HEX[usize::from(byte >> 4)]));
+            line.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
     }
 }
@@ -343,6 +398,48 @@ mod tests {
                 ..record()
             },
             "2026-12-01T10:00:00.123Z - a\\x20b h2 GE\\x20T \"/a\\x22b\\x5cc\\x20d\\x0a\\xc3\\xa9\" 200 1234 0.000512",
+        );
+    }
+
+    #[test]
+    fn numbers_and_times() {
+        let mut line = String::new();
+        for (n, width, expected) in [
+            (0, 1, "0"),
+            (7, 3, "007"),
+            (512, 6, "000512"),
+            (1_234_567, 1, "1234567"),
+            (1_234_567, 3, "1234567"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            line.clear();
+            push_number(&mut line, n, width);
+            assert_eq!(line, expected);
+        }
+        // The cached second is remade when the second changes, on the
+        // same thread.
+        for (millis, expected) in [
+            (1_796_119_200_123, "2026-12-01T10:00:00.123Z"),
+            (1_796_119_200_999, "2026-12-01T10:00:00.999Z"),
+            (1_796_119_201_000, "2026-12-01T10:00:01.000Z"),
+            (1_796_205_599_001, "2026-12-02T09:59:59.001Z"),
+            (0, "1970-01-01T00:00:00.000Z"),
+        ] {
+            let line = format(&Record {
+                time: SystemTime::UNIX_EPOCH + Duration::from_millis(millis),
+                ..record()
+            });
+            assert!(line.starts_with(&format!("{expected} ")), "{line}");
+        }
+        check(
+            Record {
+                client: Some("0.0.0.0:0".parse().unwrap()),
+                status: 404,
+                bytes: Some(0),
+                duration: Duration::from_micros(12_345_678),
+                ..record()
+            },
+            "2026-12-01T10:00:00.123Z 0.0.0.0:0 lunch.example.com h2 GET \"/api/pick\" 404 0 12.345678",
         );
     }
 
