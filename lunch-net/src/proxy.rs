@@ -96,7 +96,7 @@ impl Trusted {
             // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is kept as the
             // IPv4 network it is, as peers are compared (`contains`); one
             // reaching beyond `::ffff:0:0/96` is not a network of peers.
-            let net = match canonical(addr) {
+            let net = match addr.to_canonical() {
                 IpAddr::V4(v4) if addr.is_ipv6() => (IpAddr::V4(v4), prefix.checked_sub(96).ok_or_else(bad)?),
                 _ => (addr, prefix),
             };
@@ -108,7 +108,7 @@ impl Trusted {
     /// Whether `ip` is in one of the networks. An IPv4 peer on a dual-stack
     /// socket (`::ffff:a.b.c.d`) counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.nets.iter().any(|(net, prefix)| match (*net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => same_prefix(&n.octets(), &a.octets(), *prefix),
             (IpAddr::V6(n), IpAddr::V6(a)) => same_prefix(&n.octets(), &a.octets(), *prefix),
@@ -133,13 +133,6 @@ impl std::fmt::Display for Trusted {
             write!(f, "{net}/{prefix}")?;
         }
         Ok(())
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
