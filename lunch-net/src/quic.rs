@@ -311,27 +311,24 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                         continue;
                     }
                     full_since_warned = false;
+                    // IPv4 clients of a dual-stack socket by their IPv4
+                    // address, as over TCP.
+                    let peer = incoming.remote_address();
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     // The per-client limit, as over TCP. Until a Retry has
                     // proven it, the source address may be forged, and a
                     // forger must not use up its owner's slots: a client
                     // takes its slot once its handshake is done (which
                     // proves its address), and is turned away here, before
                     // any TLS work, only when its address is proven.
-                    let peer = incoming.remote_address();
-                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                    if gate.is_full(peer) {
-                        if !incoming.remote_address_validated() && incoming.may_retry() {
-                            quic_stats.retried.fetch_add(1, Ordering::Relaxed);
-                            if let Err(e) = incoming.retry() {
-                                e.into_incoming().ignore();
-                            }
-                        } else {
-                            gate.refuse_client(peer);
-                            incoming.refuse();
-                        }
+                    let full = gate.is_full(peer);
+                    let unproven = !incoming.remote_address_validated() && incoming.may_retry();
+                    if full && !unproven {
+                        gate.refuse_client(peer);
+                        incoming.refuse();
                         continue;
                     }
-                    if open >= retry_above && !incoming.remote_address_validated() && incoming.may_retry() {
+                    if unproven && (full || open >= retry_above) {
                         quic_stats.retried.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = incoming.retry() {
                             e.into_incoming().ignore();
@@ -341,11 +338,12 @@ impl<S: Handler<QuicBody>> QuicServer<S> {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let task = serve_connection(
                         incoming,
+                        peer,
                         handler.clone(),
                         Arc::clone(&limits),
                         connection_info,
-                        OpenConnection::new(&stats),
                         Accounts {
+                            open: OpenConnection::new(&stats),
                             stats: Arc::clone(&stats),
                             quic_stats: Arc::clone(&quic_stats),
                             gate: Arc::clone(&gate),
@@ -429,6 +427,8 @@ const RECEIVE_WINDOW: u32 = 1 << 20;
 
 /// What a connection is counted and admitted by.
 struct Accounts {
+    /// Counts the connection open until it is dropped.
+    open: OpenConnection,
     stats: Arc<Stats>,
     quic_stats: Arc<QuicStats>,
     gate: Arc<Gate>,
@@ -436,21 +436,19 @@ struct Accounts {
 
 async fn serve_connection<S: Handler<QuicBody>>(
     incoming: Incoming,
+    peer: SocketAddr,
     handler: S,
     limits: Arc<Limits>,
     connection_info: bool,
-    _open: OpenConnection,
     accounts: Accounts,
     mut stopping: watch::Receiver<bool>,
 ) {
     let Accounts {
+        open: _open,
         stats,
         quic_stats,
         gate,
     } = accounts;
-    // IPv4 clients of a dual-stack socket by their IPv4 address, as over TCP.
-    let peer = incoming.remote_address();
-    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let handshake = async {
         let connection = incoming.accept()?.await?;
         let h3 = h3::server::builder()
