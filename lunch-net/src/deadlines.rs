@@ -386,10 +386,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => {
-                this.write_blocked.get_or_insert(this.ticks);
-                this.poll_expired(cx).map(Err)
-            }
+            Poll::Pending => this.write_pending(cx),
         }
     }
 
@@ -402,15 +399,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
                 this.write_blocked = None;
                 Poll::Ready(result)
             }
-            Poll::Pending => {
-                this.write_blocked.get_or_insert(this.ticks);
-                this.poll_expired(cx).map(Err)
-            }
+            Poll::Pending => this.write_pending(cx),
         }
     }
 }
 
 impl<T> Deadlines<T> {
+    /// A flush or close that cannot go on: the client has taken nothing
+    /// since this tick (if not since an earlier one); fails once a
+    /// deadline passed.
+    fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write_blocked.get_or_insert(self.ticks);
+        self.poll_expired(cx).map(Err)
+    }
+
     fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
         match polled {
             Poll::Ready(_) => self.write_blocked = None,
