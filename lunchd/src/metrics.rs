@@ -408,17 +408,16 @@ impl Metrics {
                         "lunchd_connections_open" => stats.active.load(Ordering::Relaxed) as u64,
                         "lunchd_connection_limit_reached_total" => stats.limit_reached.load(Ordering::Relaxed),
                         _ => {
-                            if let (QUIC, Some(quic)) = (*server, quic.as_ref()) {
-                                let labels = format!("server=\"{server}\",reason=\"limit\"");
-                                sample(out, name, &labels, quic.refused.load(Ordering::Relaxed));
-                                continue;
-                            }
-                            for (reason, counter) in [
-                                ("per_client", &stats.refused_per_client),
-                                ("proxy", &stats.refused_proxy),
-                            ] {
+                            let per_client = stats.refused_per_client.load(Ordering::Relaxed);
+                            // QUIC has no PROXY header to refuse, but a
+                            // connection bound that refuses rather than waits.
+                            let other = match (*server, quic.as_ref()) {
+                                (QUIC, Some(quic)) => ("limit", quic.refused.load(Ordering::Relaxed)),
+                                _ => ("proxy", stats.refused_proxy.load(Ordering::Relaxed)),
+                            };
+                            for (reason, value) in [("per_client", per_client), other] {
                                 let labels = format!("server=\"{server}\",reason=\"{reason}\"");
-                                sample(out, name, &labels, counter.load(Ordering::Relaxed));
+                                sample(out, name, &labels, value);
                             }
                             continue;
                         }

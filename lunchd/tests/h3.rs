@@ -369,6 +369,7 @@ async fn http3_requests_are_counted_as_h3_and_written_to_the_access_log() {
         "lunchd_connections_accepted_total{server=\"quic\"} 1",
         "lunchd_connections_open{server=\"quic\"} 1",
         "lunchd_connections_refused_total{server=\"quic\",reason=\"limit\"} 0",
+        "lunchd_connections_refused_total{server=\"quic\",reason=\"per_client\"} 0",
         "lunchd_connections_retried_total{server=\"quic\"} 0",
         "lunchd_tls_handshakes_total{server=\"quic\",kind=\"full\"} 1",
         "lunchd_tls_handshakes_total{server=\"quic\",kind=\"resumed\"} 0",
